@@ -1,0 +1,49 @@
+"""The ``inspector`` command line. Commands import training/export lazily, so the runtime starts without torch."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from inspector import __version__
+from inspector.errors import InspectorError
+
+EXIT_OK, EXIT_ANOMALY, EXIT_USAGE = 0, 1, 2
+
+
+class InspectorGroup(click.Group):
+    """Turns :class:`InspectorError` into one line on stderr and exit code 2, with no traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except InspectorError as error:
+            click.echo(f"error: {error}", err=True)
+            ctx.exit(EXIT_USAGE)
+
+
+@click.group(cls=InspectorGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="inspector")
+def cli() -> None:
+    """Train anomaly detectors on photos of good parts, export them to ONNX, and inspect images,
+    folders, videos and cameras with heatmaps that show where the defect is.
+
+    Try it with no data of your own: `inspector demo`.
+    """
+
+
+def _register_commands() -> None:
+    # Each command lives in its own module under inspector/commands/.
+    from inspector.commands import COMMANDS
+
+    for command in COMMANDS:
+        cli.add_command(command)
+
+
+_register_commands()
+
+
+def main() -> None:
+    """Console-script entry point."""
+    sys.exit(cli.main(prog_name="inspector", standalone_mode=True))

@@ -1,0 +1,8 @@
+"""One module per CLI command; COMMANDS lists them for ``inspector.cli``."""
+
+import click
+
+COMMANDS: list[click.Command] = []
+
+# Add one import and one COMMANDS entry per command module below (train, eval, export, info, inspect,
+# watch, bench, demo).

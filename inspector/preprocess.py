@@ -1,0 +1,133 @@
+"""The one preprocessing path: decode, colour order, resize, scale.
+
+Training, evaluation, the export parity check and the runtime all call these functions, so an image is
+turned into model input in exactly one way (the exported graph itself does any mean/std normalisation).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import cv2
+import numpy as np
+
+from inspector.errors import ImageReadError
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".jp2")
+
+
+def is_image_name(path: str | Path) -> bool:
+    """True when the file name has an image extension (the file itself may still be unreadable)."""
+    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
+
+
+def decode_image(data: bytes | np.ndarray, source: str = "<bytes>") -> np.ndarray:
+    """Decode encoded image bytes into an RGB ``uint8`` array of shape ``[H, W, 3]``.
+
+    Grayscale, palette and RGBA images become RGB (alpha is dropped), 16-bit images are scaled to 8 bits,
+    and the EXIF orientation of JPEGs is applied.
+
+    Raises:
+        ImageReadError: the bytes are empty or not a decodable image.
+    """
+    buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
+    if buffer.size == 0:
+        raise ImageReadError(f"{source}: empty file (0 bytes)")
+    # IMREAD_COLOR applies the EXIF orientation and turns gray/palette/alpha into 3 channels;
+    # IMREAD_ANYDEPTH keeps 16-bit data so that it is scaled here rather than truncated.
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    if image is None:
+        raise ImageReadError(f"{source}: not a decodable image (truncated, corrupt or unsupported format)")
+    return to_uint8_rgb(image, bgr=True)
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Read an image file as RGB ``uint8`` ``[H, W, 3]`` (non-ASCII paths work on every platform).
+
+    Raises:
+        ImageReadError: the path is missing, a directory, empty or not a decodable image.
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise ImageReadError(f"{path}: is a directory, not an image")
+    try:
+        data = np.fromfile(str(path), dtype=np.uint8)
+    except OSError as error:
+        raise ImageReadError(f"{path}: cannot be read ({error.strerror or error})") from None
+    return decode_image(data, source=str(path))
+
+
+def to_uint8_rgb(image: np.ndarray, bgr: bool = False) -> np.ndarray:
+    """Bring an array of any depth and channel count to RGB ``uint8`` ``[H, W, 3]``.
+
+    ``bgr`` says that a 3- or 4-channel input is in OpenCV's BGR order (decoded files, camera frames).
+    """
+    if image.dtype == np.uint16:
+        image = (image.astype(np.float32) * (255.0 / 65535.0) + 0.5).astype(np.uint8)
+    elif image.dtype in (np.float32, np.float64):
+        image = (np.clip(image, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        image = np.clip(image, 0, 255).astype(np.uint8)
+    if image.ndim == 2:
+        return np.ascontiguousarray(np.repeat(image[:, :, None], 3, axis=2))
+    channels = image.shape[2]
+    if channels == 1:
+        return np.ascontiguousarray(np.repeat(image, 3, axis=2))
+    if channels == 4:
+        image = image[:, :, :3]
+    if bgr:
+        image = image[:, :, ::-1]
+    return np.ascontiguousarray(image)
+
+
+def resize_image(image: np.ndarray, size: Sequence[int]) -> np.ndarray:
+    """Resize an ``[H, W, C]`` or ``[H, W]`` array to ``size`` = (height, width), whole (no crop).
+
+    Shrinking uses area averaging (antialiased), enlarging bilinear interpolation.
+    """
+    height, width = int(size[0]), int(size[1])
+    if image.shape[0] == height and image.shape[1] == width:
+        return image
+    shrinking = image.shape[0] > height or image.shape[1] > width
+    interpolation = cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR
+    resized = cv2.resize(image, (width, height), interpolation=interpolation)
+    if image.ndim == 3 and resized.ndim == 2:
+        resized = resized[:, :, None]
+    return resized
+
+
+def to_model_input(image: np.ndarray, size: Sequence[int], channels: int) -> np.ndarray:
+    """Turn one RGB ``uint8`` ``[H, W, 3]`` image into float32 ``[C, H, W]`` in [0, 1] at ``size``.
+
+    ``channels`` 1 converts to gray (ITU-R BT.601 luma), 3 keeps RGB.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, got {channels}")
+    resized = resize_image(image, size)
+    if channels == 1:
+        gray = cv2.cvtColor(np.ascontiguousarray(resized), cv2.COLOR_RGB2GRAY)
+        return (gray[None, :, :].astype(np.float32)) / 255.0
+    return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32) / 255.0
+
+
+def prepare_batch(images: Sequence[np.ndarray], size: Sequence[int], channels: int) -> np.ndarray:
+    """Stack RGB ``uint8`` images of any sizes into model input float32 ``[N, C, H, W]`` in [0, 1].
+
+    Example:
+        >>> batch = prepare_batch([read_image("part.png")], size=(128, 128), channels=3)
+    """
+    if len(images) == 0:
+        return np.zeros((0, channels, int(size[0]), int(size[1])), dtype=np.float32)
+    return np.stack([to_model_input(image, size, channels) for image in images])
+
+
+def resize_map(anomaly_map: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Resize a float ``[h, w]`` anomaly map onto an original image of ``height`` × ``width``.
+
+    The model input is the whole image resized (never cropped), so a plain bilinear resize of the map
+    lines up exactly with the original pixels.
+    """
+    if anomaly_map.shape == (height, width):
+        return anomaly_map.astype(np.float32, copy=False)
+    return cv2.resize(anomaly_map.astype(np.float32), (width, height), interpolation=cv2.INTER_LINEAR)

@@ -1,0 +1,7 @@
+"""Detectors: importing this package registers every detector module below."""
+
+from training.detectors.base import Component, Detector, build_detector, detector_names, get_detector_class, register
+
+__all__ = ["Component", "Detector", "build_detector", "detector_names", "get_detector_class", "register"]
+
+# One import per detector module; each registers itself with @register.

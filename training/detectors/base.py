@@ -1,0 +1,155 @@
+"""The one small interface every detector implements, and the registry that names them.
+
+A detector is an ``nn.Module`` that:
+- is built from ``(input_size, channels, **options)`` (options come from ``detector_options`` in the config);
+- owns its networks, optimizers and LR schedulers (GAN-style detectors need several);
+- takes one training step on a batch (:meth:`Detector.training_step`), doing its own backward passes;
+- scores images in [0, 1] in :meth:`Detector.forward`, returning the raw image score ``[N]`` and the raw
+  anomaly map ``[N, 1, H, W]``: ``forward`` *is* the fused scoring graph that export writes to ONNX;
+- declares its exportable parts in :meth:`Detector.components`.
+
+Adding a detector is writing one module under ``training/detectors/`` that subclasses :class:`Detector`
+and decorates it with :func:`register`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, ClassVar
+
+import torch
+from torch import nn
+
+from inspector.errors import InspectorError
+
+Batch = dict[str, torch.Tensor]
+
+
+@dataclass
+class Component:
+    """One exportable part of a detector (an encoder, a generator, a discriminator...).
+
+    ``example_inputs`` builds example tensors for a batch size; the first dimension of every input and
+    output is the dynamic batch. ``description`` documents the inputs and outputs for users.
+    """
+
+    module: nn.Module
+    example_inputs: Callable[[int], tuple[torch.Tensor, ...]]
+    input_names: list[str]
+    output_names: list[str]
+    description: str
+
+
+class Detector(nn.Module):
+    """Base class of every anomaly detector (see the module docstring for the contract)."""
+
+    name: ClassVar[str] = ""
+    #: The training batches carry DRAEM-style synthetic anomalies (``augmented``, ``mask``).
+    uses_synthetic_anomalies: ClassVar[bool] = False
+
+    def __init__(self, input_size: tuple[int, int], channels: int) -> None:
+        super().__init__()
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.channels = int(channels)
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+
+    def configure_optimizers(self, lr: float, total_steps: int) -> None:
+        """Create ``self.optimizers`` and ``self.schedulers`` for a run of ``total_steps`` steps."""
+        raise NotImplementedError
+
+    def training_step(self, batch: Batch) -> dict[str, float]:
+        """One optimisation step (all of the detector's networks); returns the losses as floats.
+
+        ``batch["image"]``: normal images ``[N, C, H, W]`` in [0, 1]. Detectors with
+        ``uses_synthetic_anomalies`` also get ``batch["augmented"]`` (the image with a synthetic anomaly,
+        or unchanged), ``batch["mask"]`` ``[N, 1, H, W]`` in {0, 1} and ``batch["has_anomaly"]`` ``[N]``.
+        """
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def validation_loss(self, batch: Batch) -> float:
+        """A loss on validation data (same keys as training), lower is better: picks ``best.pt``."""
+        raise NotImplementedError
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Raw image score ``[N]`` and raw anomaly map ``[N, 1, H, W]`` for images in [0, 1]."""
+        raise NotImplementedError
+
+    def components(self) -> dict[str, Component]:
+        """The detector's exportable parts, by file name (without ``.onnx``)."""
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def visuals(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Images for the sample grids (e.g. ``{"reconstruction": x_hat}``), each ``[N, C, H, W]``."""
+        return {}
+
+    @torch.no_grad()
+    def prior_samples(self, count: int) -> torch.Tensor | None:
+        """Samples from the prior for generative detectors, ``[count, C, H, W]``; None for others."""
+        return None
+
+    def step_schedulers(self) -> None:
+        for scheduler in self.schedulers.values():
+            scheduler.step()
+
+    def optimizer_state(self) -> dict[str, dict]:
+        """Optimizer and scheduler state for a resumable checkpoint."""
+        return {
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "schedulers": {name: sch.state_dict() for name, sch in self.schedulers.items()},
+        }
+
+    def load_optimizer_state(self, state: dict[str, dict]) -> None:
+        for name, opt_state in state.get("optimizers", {}).items():
+            self.optimizers[name].load_state_dict(opt_state)
+        for name, sch_state in state.get("schedulers", {}).items():
+            self.schedulers[name].load_state_dict(sch_state)
+
+
+_REGISTRY: dict[str, type[Detector]] = {}
+
+
+def register(cls: type[Detector]) -> type[Detector]:
+    """Class decorator: make a detector available by its ``name`` in configs and on the CLI.
+
+    A detector must define ``forward`` (its scoring graph) and ``components`` to be registered.
+    """
+    if not cls.name:
+        raise TypeError(f"{cls.__name__} must set a non-empty `name` to be registered")
+    for method in ("forward", "components", "training_step", "configure_optimizers"):
+        if getattr(cls, method) is getattr(Detector, method):
+            raise TypeError(f"detector '{cls.name}' must implement {method}() to be registered")
+    if cls.name in _REGISTRY and _REGISTRY[cls.name] is not cls:
+        raise TypeError(f"a detector named '{cls.name}' is already registered")
+    _REGISTRY[cls.name] = cls
+    return cls
+
+
+def detector_names() -> list[str]:
+    """The registered detector names."""
+    from training import detectors  # noqa: F401  (importing the package registers every detector)
+
+    return sorted(_REGISTRY)
+
+
+def get_detector_class(name: str) -> type[Detector]:
+    """The detector class registered under ``name``.
+
+    Raises:
+        InspectorError: no such detector (the message lists the known ones).
+    """
+    names = detector_names()
+    if name not in _REGISTRY:
+        raise InspectorError(f"unknown detector '{name}'; choose one of: {', '.join(names)}")
+    return _REGISTRY[name]
+
+
+def build_detector(name: str, input_size: tuple[int, int], channels: int, options: dict | None = None) -> Detector:
+    """Build a registered detector from its name, input size, channel count and options."""
+    cls = get_detector_class(name)
+    try:
+        return cls(input_size=tuple(input_size), channels=channels, **(options or {}))
+    except TypeError as error:
+        raise InspectorError(f"detector '{name}': bad detector_options ({error})") from None
