@@ -1,0 +1,314 @@
+"""Inspect a folder of images: decode and preprocess on a thread pool while the model scores earlier batches.
+
+The main thread only runs the model and writes the report; workers decode and preprocess the next
+batches and turn finished batches into regions and overlays, so end-to-end throughput stays close to the
+model's own. Records are written in file order, one flushed line per image.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from inspector.errors import ImageReadError, InspectorError
+from inspector.preprocess import IMAGE_EXTENSIONS, is_image_name, read_image
+from runtime.overlay import render_mask, render_overlay, write_image
+from runtime.report import Report
+from runtime.scoring import Scorer
+
+SAVE_CHOICES = ("all", "anomalous", "none")
+SUMMARY_NAME = "summary.json"
+DEFAULT_BATCH_SIZE = 8
+DEFAULT_WORKERS = 2
+SLOWEST_LISTED = 5
+
+
+@dataclass
+class _Item:
+    key: str
+    path: Path
+    image: np.ndarray | None = None
+    error: str | None = None
+    seconds: float = 0.0  # decode + preprocess time attributed to this image
+
+
+@dataclass
+class _Batch:
+    items: list[_Item]
+    model_input: np.ndarray | None = None
+    readable: list[_Item] = field(default_factory=list)
+
+
+def list_images(folder: str | Path, recursive: bool = False, exclude: Path | None = None) -> list[tuple[str, Path]]:
+    """The image-named entries under ``folder`` as (report key, path), sorted; a file is its own list.
+
+    Non-recursively, a directory named like an image is listed too (the report then says it is a directory);
+    recursively it is walked into. ``exclude`` (the output folder) is never walked.
+    """
+    folder = Path(folder)
+    if folder.is_file():
+        return [(folder.name, folder)]
+    if not folder.is_dir():
+        raise InspectorError(f"{folder}: no such folder or image file")
+    exclude = exclude.resolve() if exclude is not None else None
+    found: list[tuple[str, Path]] = []
+    if not recursive:
+        for entry in sorted(folder.iterdir()):
+            if is_image_name(entry.name):
+                found.append((entry.name, entry))
+        return found
+    for root, dirs, files in os.walk(folder):
+        root_path = Path(root)
+        dirs[:] = sorted(d for d in dirs if exclude is None or (root_path / d).resolve() != exclude)
+        for name in sorted(files):
+            if is_image_name(name):
+                path = root_path / name
+                found.append((path.relative_to(folder).as_posix(), path))
+    found.sort(key=lambda pair: pair[0])
+    return found
+
+
+def inspect_folder(
+    folder: str | Path,
+    scorer: Scorer,
+    out_dir: str | Path,
+    *,
+    recursive: bool = False,
+    save: str = "all",
+    save_masks: bool = False,
+    resume: bool = False,
+    force: bool = False,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = DEFAULT_WORKERS,
+    on_total: Callable[[int], None] | None = None,
+    on_record: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Score every image under ``folder`` and write ``report.csv``, ``report.jsonl``, overlays and
+    ``summary.json`` into ``out_dir``. Returns the summary.
+
+    ``save`` chooses which overlays are written (all, anomalous, none); ``save_masks`` also writes the
+    plain defect masks. ``resume`` skips images already in the report. Unreadable files are reported
+    with their reason and the run goes on. ``on_total`` gets the number of images to score, ``on_record``
+    each record as it is written (for a progress bar).
+
+    Raises:
+        InspectorError: the folder is missing or holds no image-named files, or a report exists and neither
+            ``resume`` nor ``force`` is given.
+        KeyboardInterrupt: after writing what was finished and a summary marked ``interrupted``.
+    """
+    if save not in SAVE_CHOICES:
+        raise InspectorError(f"--save {save!r}: choose one of {', '.join(SAVE_CHOICES)}")
+    if batch_size < 1 or workers < 1:
+        raise InspectorError("--batch-size and --workers must be at least 1")
+    folder, out_dir = Path(folder), Path(out_dir)
+    images = list_images(folder, recursive, exclude=out_dir)
+    if not images:
+        hint = "" if recursive else " (add --recursive to look in sub-folders)"
+        raise InspectorError(
+            f"{folder}: no image files found{hint}; image files end in {', '.join(IMAGE_EXTENSIONS)}"
+        )
+    report = Report(out_dir, resume=resume, force=force)
+    todo = [(key, path) for key, path in images if key not in report.previous]
+    if on_total:
+        on_total(len(todo))
+    records = list(report.previous.values())
+    run = _Run(scorer, out_dir, save, save_masks)
+    started = time.perf_counter()
+    interrupted = False
+    try:
+        _pipeline(todo, run, report, records, batch_size, workers, on_record)
+    except KeyboardInterrupt:
+        interrupted = True
+        raise
+    finally:
+        report.close()
+        summary = _summary(folder, out_dir, scorer, records, len(images), len(report.previous), run,
+                           time.perf_counter() - started, batch_size, workers, interrupted)
+        _write_json(out_dir / SUMMARY_NAME, summary)
+    return summary
+
+
+@dataclass
+class _Run:
+    scorer: Scorer
+    out_dir: Path
+    save: str
+    save_masks: bool
+    processed: int = 0
+    model_seconds: float = 0.0
+
+
+def _pipeline(todo: Sequence[tuple[str, Path]], run: _Run, report: Report, records: list[dict[str, Any]],
+              batch_size: int, workers: int, on_record: Callable[[dict[str, Any]], None] | None) -> None:
+    chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+    prefetch = workers + 1  # enough decoded batches queued that the model never waits on a worker
+    loads: deque[Future[_Batch]] = deque()
+    finishing: deque[Future[dict[str, Any]]] = deque()
+    next_chunk = 0
+
+    def write_next() -> None:
+        record = finishing.popleft().result()
+        report.write(record)
+        records.append(record)
+        run.processed += 1
+        if on_record:
+            on_record(record)
+
+    def write_ready(block_above: int) -> None:
+        while finishing and (finishing[0].done() or len(finishing) > block_above):
+            write_next()
+
+    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inspect")
+    try:
+        while next_chunk < len(chunks) or loads:
+            while len(loads) < prefetch and next_chunk < len(chunks):
+                loads.append(pool.submit(_load, chunks[next_chunk], run.scorer))
+                next_chunk += 1
+            batch = loads.popleft().result()
+            model_seconds = 0.0
+            if batch.readable:
+                started = time.perf_counter()
+                raw_scores, raw_maps = run.scorer.infer(batch.model_input)
+                model_seconds = time.perf_counter() - started
+                run.model_seconds += model_seconds
+            index = 0
+            for item in batch.items:  # in file order, readable or not
+                if item.image is None:
+                    finishing.append(_done(_unreadable_record(item)))
+                    continue
+                item.seconds += model_seconds / len(batch.readable)
+                finishing.append(pool.submit(_finish, item, raw_scores[index], raw_maps[index], run))
+                index += 1
+            # Keep a bounded number of finished-but-unwritten images in memory.
+            write_ready(block_above=2 * batch_size * prefetch)
+        write_ready(block_above=0)
+    except KeyboardInterrupt:
+        for future in list(loads) + list(finishing):
+            future.cancel()
+        pool.shutdown(wait=True, cancel_futures=True)
+        # Keep the images that were finished before the interruption, in order.
+        while finishing and not finishing[0].cancelled() and finishing[0].exception() is None:
+            write_next()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _load(chunk: Sequence[tuple[str, Path]], scorer: Scorer) -> _Batch:
+    batch = _Batch(items=[])
+    for key, path in chunk:
+        started = time.perf_counter()
+        item = _Item(key, path)
+        try:
+            item.image = read_image(path)
+        except ImageReadError as error:
+            item.error = _reason(error, path)
+        except (OSError, MemoryError) as error:  # a file that vanished, a permission problem, a huge image
+            item.error = f"cannot be read ({type(error).__name__}: {error})"
+        item.seconds = time.perf_counter() - started
+        batch.items.append(item)
+    batch.readable = [item for item in batch.items if item.image is not None]
+    if batch.readable:
+        started = time.perf_counter()
+        batch.model_input = scorer.prepare([item.image for item in batch.readable])
+        share = (time.perf_counter() - started) / len(batch.readable)
+        for item in batch.readable:
+            item.seconds += share
+    return batch
+
+
+def _finish(item: _Item, raw_score: float, raw_map: np.ndarray, run: _Run) -> dict[str, Any]:
+    started = time.perf_counter()
+    image = item.image
+    assert image is not None
+    inspection = run.scorer.finish(image.shape, raw_score, raw_map)
+    overlay_name = mask_name = None
+    if run.save == "all" or (run.save == "anomalous" and inspection.anomalous):
+        overlay_name = f"overlays/{item.key}.jpg"
+        write_image(run.out_dir / overlay_name, render_overlay(image, inspection, run.scorer.pixel_threshold))
+    if run.save_masks:
+        mask_name = f"masks/{item.key}.png"
+        write_image(run.out_dir / mask_name, render_mask(inspection))
+    item.image = None  # release the decoded image as soon as possible
+    item.seconds += time.perf_counter() - started
+    return {
+        "path": item.key,
+        "status": "ok",
+        "label": inspection.label,
+        "score": round(inspection.score, 6),
+        "raw_score": float(inspection.raw_score),
+        "width": int(image.shape[1]),
+        "height": int(image.shape[0]),
+        "regions": [region.to_dict() for region in inspection.defect_regions],
+        "time_ms": round(item.seconds * 1000.0, 2),
+        "overlay": overlay_name,
+        "mask": mask_name,
+        "error": None,
+    }
+
+
+def _unreadable_record(item: _Item) -> dict[str, Any]:
+    return {"path": item.key, "status": "unreadable", "label": None, "score": None, "raw_score": None,
+            "width": None, "height": None, "regions": [], "time_ms": round(item.seconds * 1000.0, 2),
+            "overlay": None, "mask": None, "error": item.error}
+
+
+def _reason(error: Exception, path: Path) -> str:
+    # The error names the file; the report row already does, so keep only the reason.
+    text = str(error)
+    prefix = f"{path}: "
+    return text[len(prefix):] if text.startswith(prefix) else text
+
+
+def _done(value: dict[str, Any]) -> Future[dict[str, Any]]:
+    future: Future[dict[str, Any]] = Future()
+    future.set_result(value)
+    return future
+
+
+def _summary(folder: Path, out_dir: Path, scorer: Scorer, records: list[dict[str, Any]], listed: int,
+             resumed: int, run: _Run, seconds: float, batch_size: int, workers: int,
+             interrupted: bool) -> dict[str, Any]:
+    scored = [r for r in records if r["status"] == "ok"]
+    anomalous = sum(1 for r in scored if r["label"] == "anomalous")
+    this_run = records[resumed:]
+    slowest = sorted((r for r in this_run if r["status"] == "ok"), key=lambda r: r["time_ms"], reverse=True)
+    return {
+        "folder": str(folder),
+        "model": str(scorer.session.path),
+        "providers": scorer.session.providers,
+        "out": str(out_dir),
+        "images": listed,
+        "reported": len(records),
+        "scored": len(scored),
+        "anomalous": anomalous,
+        "normal": len(scored) - anomalous,
+        "unreadable": len(records) - len(scored),
+        "resumed": resumed,
+        "interrupted": interrupted,
+        "image_threshold": scorer.image_threshold,
+        "pixel_threshold": scorer.pixel_threshold,
+        "batch_size": batch_size,
+        "workers": workers,
+        "this_run": {
+            "images": run.processed,
+            "seconds": round(seconds, 3),
+            "images_per_second": round(run.processed / seconds, 2) if seconds > 0 else None,
+            "model_seconds": round(run.model_seconds, 3),
+        },
+        "slowest": [{"path": r["path"], "time_ms": r["time_ms"]} for r in slowest[:SLOWEST_LISTED]],
+    }
+
+
+def _write_json(path: Path, values: dict[str, Any]) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    temporary.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(temporary, path)

@@ -1,0 +1,76 @@
+"""Draw an inspection onto the original image: heatmap where the map is high, region contours, a badge."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from inspector.errors import InspectorError
+from runtime.scoring import Inspection
+
+COLORMAP = cv2.COLORMAP_INFERNO  # perceptually uniform and readable in grayscale, unlike JET
+MAX_ALPHA = 0.6
+FADE = 0.15  # the heatmap fades in over this span of normalised map values below the pixel threshold
+CONTOUR_BGR = (255, 255, 0)  # cyan: stands out against INFERNO's reds and yellows and most surfaces
+ANOMALOUS_BGR = (40, 40, 220)
+NORMAL_BGR = (60, 160, 40)
+
+
+def render_overlay(image_rgb: np.ndarray, inspection: Inspection, pixel_threshold: float = 0.5) -> np.ndarray:
+    """The original image (BGR, its own resolution) with the anomaly map blended in only where it is high.
+
+    The map in ``inspection`` is already at the image's resolution (the whole image was resized for the
+    model, never cropped), so every heatmap pixel sits on the pixel it describes.
+    """
+    image_bgr = np.ascontiguousarray(image_rgb[:, :, ::-1])
+    heat = inspection.anomaly_map
+    start = max(0.0, pixel_threshold - FADE)
+    alpha = np.clip((heat - start) / max(pixel_threshold - start, 1e-6), 0.0, 1.0) * MAX_ALPHA
+    if alpha.any():
+        colored = cv2.applyColorMap((np.clip(heat, 0.0, 1.0) * 255.0).astype(np.uint8), COLORMAP)
+        rows, cols = np.nonzero(alpha)  # blend only the pixels that get colour: cheap on large images
+        top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
+        a = alpha[top:bottom, left:right, None]
+        patch = image_bgr[top:bottom, left:right].astype(np.float32)
+        patch = patch * (1.0 - a) + colored[top:bottom, left:right].astype(np.float32) * a
+        image_bgr[top:bottom, left:right] = np.clip(patch + 0.5, 0, 255).astype(np.uint8)
+    thickness = max(1, round(min(image_bgr.shape[:2]) / 300))
+    if inspection.defect_regions:
+        contours, _ = cv2.findContours(
+            inspection.defect_mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
+        cv2.drawContours(image_bgr, contours, -1, CONTOUR_BGR, thickness, lineType=cv2.LINE_AA)
+    draw_badge(image_bgr, f"{inspection.label.upper()} {inspection.score:.2f}",
+               ANOMALOUS_BGR if inspection.anomalous else NORMAL_BGR)
+    return image_bgr
+
+
+def draw_badge(image_bgr: np.ndarray, text: str, color: tuple[int, int, int], row: int = 0) -> None:
+    """A filled label box in the top-left corner (``row`` stacks several), sized to the image."""
+    scale = max(0.4, min(image_bgr.shape[:2]) / 500)
+    thickness = max(1, round(scale * 1.5))
+    (text_width, text_height), baseline = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, thickness)
+    pad = max(3, text_height // 3)
+    top = row * (text_height + baseline + 2 * pad)
+    bottom = top + text_height + baseline + 2 * pad
+    cv2.rectangle(image_bgr, (0, top), (text_width + 2 * pad, bottom), color, cv2.FILLED)
+    cv2.putText(image_bgr, text, (pad, bottom - baseline - pad), cv2.FONT_HERSHEY_SIMPLEX, scale,
+                (255, 255, 255), thickness, cv2.LINE_AA)
+
+
+def render_mask(inspection: Inspection) -> np.ndarray:
+    """The defect mask at the original resolution: 255 where defective, 0 elsewhere."""
+    return inspection.defect_mask.astype(np.uint8) * 255
+
+
+def write_image(path: str | Path, image: np.ndarray, quality: int = 90) -> None:
+    """Write an image by extension (.jpg/.png); works with non-ASCII paths on every platform."""
+    path = Path(path)
+    params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
+    ok, encoded = cv2.imencode(path.suffix, image, params)
+    if not ok:
+        raise InspectorError(f"{path}: cannot encode an image of this type")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(encoded.tobytes())

@@ -1,0 +1,108 @@
+"""The inspection report: a CSV and a JSONL file written one line per image, flushed as it goes.
+
+Each record is written as whole lines and flushed at once, so a crash or Ctrl-C loses at most the images
+still in flight. ``resume`` reads the JSONL report back, drops a torn last line, rewrites both files from
+the intact records and appends from there.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from pathlib import Path
+from typing import Any, Iterable
+
+from inspector.errors import InspectorError
+
+CSV_NAME = "report.csv"
+JSONL_NAME = "report.jsonl"
+CSV_COLUMNS = ("path", "status", "label", "score", "raw_score", "width", "height", "n_regions", "regions",
+               "time_ms", "overlay", "mask", "error")
+
+
+class Report:
+    """Append-only CSV + JSONL report in ``out_dir``; ``previous`` holds the records of a resumed run."""
+
+    def __init__(self, out_dir: str | Path, resume: bool = False, force: bool = False):
+        self.out_dir = Path(out_dir)
+        self.csv_path = self.out_dir / CSV_NAME
+        self.jsonl_path = self.out_dir / JSONL_NAME
+        self.previous: dict[str, dict[str, Any]] = {}
+        exists = self.jsonl_path.exists() or self.csv_path.exists()
+        if exists and not (resume or force):
+            raise InspectorError(
+                f"{self.out_dir}: a report is already there; use --resume to continue it or --force to start over"
+            )
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        if resume and self.jsonl_path.exists():
+            self.previous = {record["path"]: record for record in read_records(self.jsonl_path)}
+        # Rewriting from the intact records repairs a torn line and brings the CSV in step with the JSONL.
+        _write_atomically(self.jsonl_path, "".join(_jsonl_line(r) for r in self.previous.values()))
+        _write_atomically(self.csv_path, _csv_lines([_csv_row(None)] + [_csv_row(r) for r in self.previous.values()]))
+        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8", newline="")
+        self._csv = open(self.csv_path, "a", encoding="utf-8", newline="")
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Append one image's record to both files and flush them."""
+        self._csv.write(_csv_lines([_csv_row(record)]))
+        self._jsonl.write(_jsonl_line(record))
+        self._csv.flush()
+        self._jsonl.flush()
+
+    def close(self) -> None:
+        for handle in (self._csv, self._jsonl):
+            if not handle.closed:
+                handle.flush()
+                os.fsync(handle.fileno())
+                handle.close()
+
+    def __enter__(self) -> "Report":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    """The intact records of a JSONL report (a torn or garbled line is skipped)."""
+    records = []
+    with open(path, encoding="utf-8", errors="replace") as handle:
+        for line in handle:
+            if not line.endswith("\n"):
+                break  # the last line was cut off mid-write
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if isinstance(record, dict) and "path" in record:
+                records.append(record)
+    return records
+
+
+def _jsonl_line(record: dict[str, Any]) -> str:
+    return json.dumps(record, ensure_ascii=False) + "\n"
+
+
+def _csv_row(record: dict[str, Any] | None) -> list[Any]:
+    if record is None:
+        return list(CSV_COLUMNS)
+    row = dict(record, n_regions=len(record.get("regions") or []))
+    row["regions"] = json.dumps(record.get("regions") or [], separators=(",", ":"))
+    return ["" if row.get(column) is None else row.get(column) for column in CSV_COLUMNS]
+
+
+def _csv_lines(rows: Iterable[list[Any]]) -> str:
+    buffer = io.StringIO()
+    csv.writer(buffer, lineterminator="\n").writerows(rows)
+    return buffer.getvalue()
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(path.name + ".tmp")
+    with open(temporary, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)

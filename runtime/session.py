@@ -1,0 +1,178 @@
+"""Load an exported model into onnxruntime: validate its metadata and pick the execution provider."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from inspector.artifact import INPUT_NAME, MAP_OUTPUT, METADATA_KEY, SCORE_OUTPUT, ModelMetadata
+from inspector.calibration import Calibration
+from inspector.errors import ArtifactError, InspectorError
+
+log = logging.getLogger("inspector.runtime")
+
+CPU = "CPUExecutionProvider"
+
+
+@dataclass(frozen=True)
+class Provider:
+    """An onnxruntime execution provider and the package a user installs to get it."""
+
+    name: str
+    package: str
+
+
+PROVIDERS = {
+    "cpu": Provider(CPU, "onnxruntime"),
+    "cuda": Provider("CUDAExecutionProvider", "onnxruntime-gpu"),
+    "tensorrt": Provider("TensorrtExecutionProvider", "onnxruntime-gpu with the TensorRT libraries"),
+    "coreml": Provider(
+        "CoreMLExecutionProvider", "onnxruntime on macOS (the Apple-silicon wheels), or onnxruntime-silicon"
+    ),
+    "openvino": Provider("OpenVINOExecutionProvider", "onnxruntime-openvino"),
+}
+# `auto` takes the first of these that this onnxruntime build offers.
+AUTO_ORDER = ("cuda", "coreml", "cpu")
+# Providers that a requested one is stacked on, so that operators it cannot run still have a home.
+_STACK = {"tensorrt": ("tensorrt", "cuda", "cpu"), "cuda": ("cuda", "cpu"), "coreml": ("coreml", "cpu"),
+          "openvino": ("openvino", "cpu"), "cpu": ("cpu",)}
+
+
+def choose_providers(
+    device: str, available: Sequence[str], strict: bool = False
+) -> tuple[list[str], str | None]:
+    """The provider list for ``device`` given the ``available`` providers, and a warning if it fell back.
+
+    ``auto`` prefers CUDA, then CoreML, then the CPU and never warns. A named device that this onnxruntime
+    build lacks falls back to the CPU with a warning naming the package that provides it, or raises
+    :class:`InspectorError` when ``strict``.
+
+    Example:
+        >>> choose_providers("cuda", ["CPUExecutionProvider"])[0]
+        ['CPUExecutionProvider']
+    """
+    if device == "auto":
+        chosen = next((name for name in AUTO_ORDER if PROVIDERS[name].name in available), "cpu")
+        return _stack(chosen, available), None
+    if device not in PROVIDERS:
+        raise InspectorError(f"unknown device {device!r}; choose one of auto, {', '.join(PROVIDERS)}")
+    wanted = PROVIDERS[device]
+    if wanted.name in available:
+        return _stack(device, available), None
+    message = (
+        f"device '{device}' is not available in this onnxruntime build ({wanted.name} missing); "
+        f"install {wanted.package} to use it"
+    )
+    if strict:
+        raise InspectorError(message + " (or drop --strict-device to fall back to the CPU)")
+    return [CPU], message + "; running on the CPU"
+
+
+def _stack(device: str, available: Sequence[str]) -> list[str]:
+    return [PROVIDERS[name].name for name in _STACK[device] if PROVIDERS[name].name in available] or [CPU]
+
+
+class ModelSession:
+    """An exported model ready to run: onnxruntime session, validated metadata and its calibration.
+
+    Example:
+        >>> session = load_model("model.onnx")
+        >>> raw_scores, raw_maps = session.run(prepare_batch(images, session.input_size, session.channels))
+    """
+
+    def __init__(self, path: Path, session: ort.InferenceSession, metadata: ModelMetadata, device: str):
+        self.path = path
+        self.session = session
+        self.metadata = metadata
+        self.device = device
+        self.calibration: Calibration = metadata.to_calibration()
+        self.providers: list[str] = session.get_providers()
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return int(self.metadata.input_size[0]), int(self.metadata.input_size[1])
+
+    @property
+    def channels(self) -> int:
+        return int(self.metadata.channels)
+
+    def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Raw scores ``[N]`` and raw anomaly maps ``[N, h, w]`` for a model-input batch ``[N, C, H, W]``."""
+        scores, maps = self.session.run([SCORE_OUTPUT, MAP_OUTPUT], {INPUT_NAME: batch})
+        scores = np.asarray(scores, dtype=np.float32).reshape(len(batch))
+        maps = np.asarray(maps, dtype=np.float32)
+        return scores, maps.reshape(len(batch), maps.shape[-2], maps.shape[-1])
+
+
+def _warn(message: str) -> None:
+    log.warning(message)
+
+
+def load_model(
+    path: str | Path,
+    device: str = "auto",
+    strict_device: bool = False,
+    threads: int = 0,
+    warn: Callable[[str], None] | None = None,
+) -> ModelSession:
+    """Open ``model.onnx`` for inference on ``device`` (auto, cpu, cuda, coreml, tensorrt, openvino).
+
+    ``threads`` caps onnxruntime's intra-op threads (0: onnxruntime's default, one per core). ``warn``
+    receives the one-line fallback warning (default: the ``inspector.runtime`` logger).
+
+    Raises:
+        InspectorError: the file is missing or not an ONNX model, or the device is unavailable with
+            ``strict_device``.
+        ArtifactError: the model lacks the ``inspector`` metadata, has an unknown schema, or its inputs and
+            outputs do not follow the artifact contract.
+    """
+    path = Path(path)
+    warn = warn or _warn
+    if not path.is_file():
+        raise InspectorError(f"{path}: model file not found; export one with `inspector export RUN_DIR --onnx`")
+    providers, warning = choose_providers(device, ort.get_available_providers(), strict_device)
+    if warning:
+        warn(warning)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = max(0, int(threads))
+    options.log_severity_level = 3  # onnxruntime's own provider-fallback chatter is replaced by ours
+    # With spinning, idle inference threads busy-wait between batches and starve the threads that decode
+    # the next images; without it, decode and inference overlap on small machines.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    try:
+        session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
+    except Exception as error:  # onnxruntime raises its own exception types for unreadable models
+        raise InspectorError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
+    metadata = ModelMetadata.from_json(
+        session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), source=str(path)
+    )
+    _check_signature(session, metadata, path)
+    active = session.get_providers()
+    if device not in ("auto", "cpu") and PROVIDERS[device].name not in active:
+        # The provider is in the build but could not start (missing CUDA libraries, no GPU, ...).
+        message = f"device '{device}' could not be started ({PROVIDERS[device].name} failed to load)"
+        if strict_device:
+            raise InspectorError(message + "; check the driver and libraries or drop --strict-device")
+        warn(message + "; running on the CPU")
+    return ModelSession(path, session, metadata, device)
+
+
+def _check_signature(session: ort.InferenceSession, metadata: ModelMetadata, path: Path) -> None:
+    inputs = {item.name: item for item in session.get_inputs()}
+    outputs = {item.name for item in session.get_outputs()}
+    if INPUT_NAME not in inputs:
+        raise ArtifactError(f"{path}: the model has no input named '{INPUT_NAME}' (has {', '.join(inputs)})")
+    missing = [name for name in (SCORE_OUTPUT, MAP_OUTPUT) if name not in outputs]
+    if missing:
+        raise ArtifactError(f"{path}: the model lacks the output(s) {', '.join(missing)}; re-export it")
+    shape = inputs[INPUT_NAME].shape
+    if len(shape) == 4 and isinstance(shape[1], int) and shape[1] != metadata.channels:
+        raise ArtifactError(
+            f"{path}: the model input has {shape[1]} channels but its metadata says {metadata.channels}"
+        )
