@@ -6,3 +6,11 @@ COMMANDS: list[click.Command] = []
 
 # Add one import and one COMMANDS entry per command module below (train, eval, export, info, inspect,
 # watch, bench, demo).
+
+from inspector.commands.export import export_command
+
+COMMANDS.append(export_command)
+
+from inspector.commands.info import info_command
+
+COMMANDS.append(info_command)

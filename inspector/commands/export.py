@@ -1,0 +1,100 @@
+"""``inspector export RUN_DIR --onnx``: write the run's model as one checked, self-describing ONNX file."""
+
+from __future__ import annotations
+
+import click
+
+from inspector.errors import InspectorError
+
+
+def _log(line: str) -> None:
+    click.echo(line, err=line.startswith("warning:"))
+
+
+@click.command("export", short_help="Export a trained run to a checked, self-describing ONNX model.")
+@click.argument("run_dir", type=click.Path(path_type=str))
+@click.option(
+    "--onnx", "to_onnx", is_flag=True, default=True, help="Export to ONNX (the only format; the default)."
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Folder for model.onnx and components/ (default: RUN_DIR/export).",
+)
+@click.option("--opset", type=int, default=17, show_default=True, help="ONNX opset version (13 or newer).")
+@click.option(
+    "--no-components", is_flag=True, help="Write only model.onnx, not the encoder/generator/... graphs."
+)
+@click.option(
+    "--checkpoint",
+    type=click.Choice(["best", "last"]),
+    default="best",
+    show_default=True,
+    help="Which checkpoint of the run to export.",
+)
+@click.option(
+    "--allow-uncalibrated",
+    is_flag=True,
+    help="Export a run that has no calibration.json (metadata calibration: none, with a warning).",
+)
+@click.option(
+    "--force", is_flag=True, help="Replace an existing model.onnx (and its components) in the output folder."
+)
+@click.option(
+    "--tolerance",
+    type=float,
+    default=1e-4,
+    show_default=True,
+    help="Largest |onnxruntime - torch| allowed, relative to each output's scale (at least 1).",
+)
+@click.option(
+    "--parity-images",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Folder of images for the parity check, when the run's own data is not on this machine.",
+)
+def export_command(
+    run_dir: str,
+    to_onnx: bool,
+    out_dir: str | None,
+    opset: int,
+    no_components: bool,
+    checkpoint: str,
+    allow_uncalibrated: bool,
+    force: bool,
+    tolerance: float,
+    parity_images: str | None,
+) -> None:
+    """Export a trained run to ONNX: model.onnx (image -> raw score and anomaly map, dynamic batch) with the
+    calibration inside, plus components/, after checking it against torch on the run's validation images.
+
+    Exit code 1 when onnxruntime and torch disagree beyond --tolerance (nothing is written); 2 on bad input.
+
+    Example: inspector export runs/quickstart --onnx
+    """
+    if not to_onnx:
+        raise InspectorError("choose an export format: --onnx")
+    import torch
+
+    from export.parity import ParityError
+    from export.pipeline import export_run
+
+    torch.set_grad_enabled(False)
+    try:
+        export_run(
+            run_dir,
+            out_dir=out_dir,
+            opset=opset,
+            components=not no_components,
+            checkpoint=checkpoint,
+            allow_uncalibrated=allow_uncalibrated,
+            force=force,
+            tolerance=tolerance,
+            parity_images=parity_images,
+            log=_log,
+        )
+    except ParityError as error:
+        click.echo(f"error: export failed its check: {error}", err=True)
+        raise SystemExit(1) from None

@@ -1,0 +1,183 @@
+"""``inspector info MODEL.onnx``: what an exported model is, takes and returns, and how it was checked.
+
+Torch-free: it reads the file with onnxruntime (the base install); ``onnx``, when installed, only adds the
+opset as the graph itself declares it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import click
+
+from inspector.artifact import METADATA_KEY, ModelMetadata
+from inspector.errors import ArtifactError, InspectorError
+
+COMPONENT_METADATA_KEY = "inspector_component"  # written by export/writer.py for components/*.onnx
+
+
+def read_model_info(path: str | Path) -> dict[str, Any]:
+    """Inputs, outputs, opset, metadata and available providers of an ONNX file, as plain values.
+
+    ``metadata`` is the validated ``inspector`` metadata (or None), ``metadata_error`` why it is unusable,
+    ``component`` the metadata of a component file (or None).
+
+    Raises:
+        InspectorError: the file is missing or is not an ONNX model onnxruntime can load.
+    """
+    import onnxruntime as ort
+
+    path = Path(path)
+    if not path.is_file():
+        raise InspectorError(
+            f"{path}: model file not found; export one with `inspector export RUN_DIR --onnx`"
+        )
+    try:
+        session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
+    except Exception as error:  # noqa: BLE001  (onnxruntime raises its own types for unreadable models)
+        raise InspectorError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
+    custom = session.get_modelmeta().custom_metadata_map
+    info: dict[str, Any] = {
+        "path": str(path),
+        "size_bytes": path.stat().st_size,
+        "inputs": [_tensor(item) for item in session.get_inputs()],
+        "outputs": [_tensor(item) for item in session.get_outputs()],
+        "metadata": None,
+        "metadata_error": None,
+        "component": None,
+        "providers_available": ort.get_available_providers(),
+        "onnxruntime": ort.__version__,
+    }
+    if COMPONENT_METADATA_KEY in custom and METADATA_KEY not in custom:
+        info["component"] = json.loads(custom[COMPONENT_METADATA_KEY])
+    else:
+        try:
+            info["metadata"] = json.loads(
+                ModelMetadata.from_json(custom.get(METADATA_KEY), str(path)).to_json()
+            )
+        except ArtifactError as error:
+            info["metadata_error"] = str(error)
+    info["opset"] = _declared_opset(path)
+    if info["opset"] is None:
+        source = info["metadata"] or info["component"] or {}
+        info["opset"] = source.get("extra", {}).get("opset") or source.get("opset")
+    return info
+
+
+def _tensor(item: Any) -> dict[str, Any]:
+    shape = [dim if isinstance(dim, int) else (dim or "?") for dim in item.shape]
+    return {"name": item.name, "type": item.type.replace("tensor(", "").rstrip(")"), "shape": shape}
+
+
+def _declared_opset(path: Path) -> int | None:
+    try:
+        import onnx
+    except ImportError:
+        return None
+    model = onnx.load(os.fspath(path), load_external_data=False)
+    return next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
+
+
+def _shape(tensor: dict[str, Any]) -> str:
+    return f"{tensor['name']} {tensor['type']} [{', '.join(map(str, tensor['shape']))}]"
+
+
+def _pairs(info: dict[str, Any]) -> list[tuple[str, str]]:
+    rows = [("file", f"{info['path']} ({info['size_bytes'] / 1e6:.2f} MB)")]
+    metadata, component = info["metadata"], info["component"]
+    if component:
+        rows.append(("component", f"{component['component']} of {component['detector']}"))
+        rows.append(("description", component["description"]))
+    if metadata:
+        trained_on = ", ".join(f"{key} {value}" for key, value in metadata["trained_on"].items() if value)
+        rows.append(("detector", f"{metadata['detector']} (trained on {trained_on or 'unknown data'})"))
+        rows.append(
+            (
+                "input size",
+                (
+                    f"{metadata['input_size'][0]}x{metadata['input_size'][1]}, "
+                    f"{metadata['channels']} channel(s), values in [0, 1]"
+                ),
+            )
+        )
+    rows += [("input" if i == 0 else "", _shape(tensor)) for i, tensor in enumerate(info["inputs"])]
+    rows += [("outputs" if i == 0 else "", _shape(tensor)) for i, tensor in enumerate(info["outputs"])]
+    rows.append(("opset", str(info["opset"])))
+    if metadata:
+        calibration = metadata["calibration"]
+        described = calibration.get("method", "none")
+        if calibration.get("target") is not None:
+            described += f", target {calibration['target']}"
+        if calibration.get("data"):
+            described += f", data {json.dumps(calibration['data'], sort_keys=True)}"
+        rows.append(("calibration", described))
+        rows.append(
+            (
+                "thresholds",
+                f"image {metadata['image_threshold']:.6g}, pixel {metadata['pixel_threshold']:.6g} (raw)",
+            )
+        )
+        norm = metadata["normalization"]
+        rows.append(
+            (
+                "normalization",
+                (
+                    f"image [{norm['image'][0]:.6g}, {norm['image'][1]:.6g}], "
+                    f"pixel [{norm['pixel'][0]:.6g}, {norm['pixel'][1]:.6g}] (raw min, max)"
+                ),
+            )
+        )
+        rows.append(("parity", _parity_text(metadata.get("parity"))))
+        components = metadata.get("extra", {}).get("components") or {}
+        rows.append(("components", ", ".join(item["file"] for item in components.values()) or "none"))
+        rows.append(
+            (
+                "created",
+                (
+                    f"{metadata['created']} by inspector {metadata['inspector_version']}, "
+                    f"schema {metadata['schema']}"
+                ),
+            )
+        )
+    rows.append(
+        ("providers", f"{', '.join(info['providers_available'])} (onnxruntime {info['onnxruntime']})")
+    )
+    return rows
+
+
+def _parity_text(parity: dict[str, Any] | None) -> str:
+    if not parity:
+        return "not recorded"
+    diff = parity["max_abs_diff"]
+    return (
+        f"max |diff| score {diff['score']:.3g}, anomaly_map {diff['anomaly_map']:.3g} on {parity['images']} images "
+        f"at batch {', '.join(map(str, parity['batch_sizes']))}; {parity['image_decision_flips']} image and "
+        f"{parity['pixel_decision_flips']} pixel decisions changed ({'passed' if parity['passed'] else 'FAILED'})"
+    )
+
+
+@click.command("info", short_help="Show an exported model: metadata, inputs, outputs, opset, providers.")
+@click.argument("model_path", metavar="MODEL", type=click.Path(path_type=str))
+@click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
+def info_command(model_path: str, as_json: bool) -> None:
+    """Show what MODEL (an exported model.onnx or a component) is: detector, inputs and outputs, opset,
+    calibration and thresholds, parity figures, and the onnxruntime providers available here.
+
+    Exits 2 when the file is not an inspector model (no or unreadable `inspector` metadata).
+
+    Example: inspector info runs/quickstart/export/model.onnx
+    """
+    info = read_model_info(model_path)
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+    else:
+        for key, value in _pairs(info):
+            click.echo(f"{key:<14}{value}")
+        if info["metadata"]:
+            click.echo(f"\nmetadata ('{METADATA_KEY}'):")
+            click.echo(json.dumps(info["metadata"], indent=2, sort_keys=True))
+    if info["metadata_error"]:
+        raise InspectorError(info["metadata_error"])
