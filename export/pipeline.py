@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import torch
 
@@ -34,6 +35,7 @@ from inspector.artifact import METADATA_KEY, ModelMetadata
 from inspector.calibration import Calibration
 from inspector.config import TrainConfig
 from inspector.errors import InspectorError
+from training.detectors.base import Detector
 
 MODEL_FILE = "model.onnx"
 COMPONENTS_DIR = "components"
@@ -100,36 +102,84 @@ def export_run(
         log(f"warning: {note}")
     log(f"loaded {config.detector} from {run_dir} ({checkpoint} checkpoint{_step_text(state)})")
 
-    graph = export_scoring_graph(detector, opset)
-    check_onnx(graph.onnx_bytes, MODEL_FILE)
     images, source, trained_on = _parity_inputs(config, parity_images)
     metadata = ModelMetadata.from_calibration(
         config.detector, config.input_size, config.channels, calibration, trained_on
     )
-    report = scoring_parity(
+    checked = export_detector(
         detector,
-        graph.onnx_bytes,
         images,
         metadata.image_threshold,
         metadata.pixel_threshold,
         source,
+        opset=opset,
+        components=components,
+        tolerance=tolerance,
+        log=log,
+    )
+    metadata.parity = checked.parity.to_dict()
+    metadata.extra = _extra(config, checkpoint, state, opset, checked.components, notes)
+
+    component_paths = _write_components(out_dir, checked.components, config.detector, opset, force)
+    write_atomic(model_path, with_metadata(checked.model.onnx_bytes, {METADATA_KEY: metadata.to_json()}))
+    log(f"wrote {model_path} ({model_path.stat().st_size / 1e6:.2f} MB, opset {opset})")
+    for path in component_paths:
+        log(f"wrote {path}")
+    return ExportResult(model_path, metadata, checked.parity, component_paths, notes)
+
+
+@dataclass
+class CheckedExport:
+    """A detector's graphs, exported in memory and checked: the fused model and its components."""
+
+    model: ExportedGraph
+    parity: ParityReport
+    components: list[ExportedGraph]
+
+
+def export_detector(
+    detector: Detector,
+    images: np.ndarray,
+    image_threshold: float,
+    pixel_threshold: float,
+    image_source: str,
+    opset: int = DEFAULT_OPSET,
+    components: bool = True,
+    tolerance: float = DEFAULT_TOLERANCE,
+    log: Callable[[str], None] = print,
+) -> CheckedExport:
+    """Export any registered detector's scoring graph (and components) and prove it equal to torch.
+
+    ``images`` are model input [N, C, H, W] from :func:`inspector.preprocess.prepare_batch`; the thresholds
+    are those the decisions are compared at.
+
+    Raises:
+        ParityError: a graph fails ``onnx.checker``, or onnxruntime and torch differ beyond ``tolerance``.
+    """
+    detector = detector.cpu().eval()
+    model = export_scoring_graph(detector, opset)
+    check_onnx(model.onnx_bytes, MODEL_FILE)
+    report = scoring_parity(
+        detector,
+        model.onnx_bytes,
+        images,
+        image_threshold,
+        pixel_threshold,
+        image_source,
         DEFAULT_BATCH_SIZES,
         tolerance,
     )
     log(report.summary())
     if not report.passed:
         raise ParityError(f"{MODEL_FILE}: {report.failure()}; nothing was written")
-
-    exported_components = _checked_components(detector, opset, tolerance) if components else []
-    metadata.parity = report.to_dict()
-    metadata.extra = _extra(config, checkpoint, state, opset, exported_components, notes)
-
-    component_paths = _write_components(out_dir, exported_components, config.detector, opset, force)
-    write_atomic(model_path, with_metadata(graph.onnx_bytes, {METADATA_KEY: metadata.to_json()}))
-    log(f"wrote {model_path} ({model_path.stat().st_size / 1e6:.2f} MB, opset {opset})")
-    for path in component_paths:
-        log(f"wrote {path}")
-    return ExportResult(model_path, metadata, report, component_paths, notes)
+    exported = []
+    if components:
+        for name, component in sorted(detector.components().items()):
+            graph = export_component(name, component, opset)
+            check_onnx(graph.onnx_bytes, f"{COMPONENTS_DIR}/{name}.onnx")
+            component_parity(name, component, graph.onnx_bytes, tolerance=tolerance)
+            exported.append(graph)
+    return CheckedExport(model, report, exported)
 
 
 def _calibration(run_dir: Path, allow_uncalibrated: bool) -> tuple[Calibration | None, list[str]]:
@@ -170,16 +220,6 @@ def _parity_inputs(config: TrainConfig, parity_images: str | Path | None) -> tup
         ) from None
     images, source = split_images(splits, config.input_size, config.channels)
     return images, source, dict(splits.description) or trained_on
-
-
-def _checked_components(detector: torch.nn.Module, opset: int, tolerance: float) -> list[ExportedGraph]:
-    exported = []
-    for name, component in sorted(detector.components().items()):
-        graph = export_component(name, component, opset)
-        check_onnx(graph.onnx_bytes, f"{COMPONENTS_DIR}/{name}.onnx")
-        component_parity(name, component, graph.onnx_bytes, tolerance=tolerance)
-        exported.append(graph)
-    return exported
 
 
 def _write_components(
