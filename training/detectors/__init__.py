@@ -5,3 +5,5 @@ from training.detectors.base import Component, Detector, build_detector, detecto
 __all__ = ["Component", "Detector", "build_detector", "detector_names", "get_detector_class", "register"]
 
 # One import per detector module; each registers itself with @register.
+from training.detectors import rdna  # noqa: F401
+from training.detectors import draem  # noqa: F401
