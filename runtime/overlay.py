@@ -24,18 +24,17 @@ def render_overlay(image_rgb: np.ndarray, inspection: Inspection, pixel_threshol
     The map in ``inspection`` is already at the image's resolution (the whole image was resized for the
     model, never cropped), so every heatmap pixel sits on the pixel it describes.
     """
-    image_bgr = np.ascontiguousarray(image_rgb[:, :, ::-1])
+    image_bgr = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
     heat = inspection.anomaly_map
     start = max(0.0, pixel_threshold - FADE)
-    alpha = np.clip((heat - start) / max(pixel_threshold - start, 1e-6), 0.0, 1.0) * MAX_ALPHA
-    if alpha.any():
-        colored = cv2.applyColorMap((np.clip(heat, 0.0, 1.0) * 255.0).astype(np.uint8), COLORMAP)
-        rows, cols = np.nonzero(alpha)  # blend only the pixels that get colour: cheap on large images
-        top, bottom, left, right = rows.min(), rows.max() + 1, cols.min(), cols.max() + 1
-        a = alpha[top:bottom, left:right, None]
-        patch = image_bgr[top:bottom, left:right].astype(np.float32)
-        patch = patch * (1.0 - a) + colored[top:bottom, left:right].astype(np.float32) * a
-        image_bgr[top:bottom, left:right] = np.clip(patch + 0.5, 0, 255).astype(np.uint8)
+    # Colour only the window that holds visible heat: most of a good part's image is left untouched.
+    x, y, width, height = cv2.boundingRect((heat > start).astype(np.uint8))
+    if width and height:
+        window = heat[y:y + height, x:x + width]
+        alpha = np.clip((window - start) * (MAX_ALPHA / max(pixel_threshold - start, 1e-6)), 0.0, MAX_ALPHA)
+        colored = cv2.applyColorMap((np.clip(window, 0.0, 1.0) * 255.0).astype(np.uint8), COLORMAP)
+        region = image_bgr[y:y + height, x:x + width]
+        region[:] = cv2.blendLinear(region, colored, (1.0 - alpha).astype(np.float32), alpha.astype(np.float32))
     thickness = max(1, round(min(image_bgr.shape[:2]) / 300))
     if inspection.defect_regions:
         contours, _ = cv2.findContours(

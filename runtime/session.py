@@ -153,10 +153,10 @@ def load_model(
         session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), source=str(path)
     )
     _check_signature(session, metadata, path)
-    active = session.get_providers()
-    if device not in ("auto", "cpu") and PROVIDERS[device].name not in active:
+    requested = providers[0]
+    if requested != CPU and requested not in session.get_providers():
         # The provider is in the build but could not start (missing CUDA libraries, no GPU, ...).
-        message = f"device '{device}' could not be started ({PROVIDERS[device].name} failed to load)"
+        message = f"device '{device}' could not be started ({requested} failed to load)"
         if strict_device:
             raise InspectorError(message + "; check the driver and libraries or drop --strict-device")
         warn(message + "; running on the CPU")

@@ -1,0 +1,116 @@
+"""`inspector inspect FOLDER`: score every image of a folder with an exported model, without torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from inspector.commands.options import (
+    model_option,
+    pixel_threshold_option,
+    runtime_device_option,
+    strict_device_option,
+    threads_option,
+    threshold_option,
+)
+
+EXIT_ANOMALY = 1
+EXIT_INTERRUPTED = 130
+
+
+def warn(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
+
+
+@click.command("inspect")
+@click.argument("folder", type=click.Path(exists=True, path_type=Path))
+@model_option
+@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Folder for report.csv, report.jsonl, summary.json and overlays "
+              "[default: runs/inspect/<FOLDER name>].")
+@click.option("--recursive", "-r", is_flag=True, help="Also inspect images in sub-folders.")
+@click.option("--save", type=click.Choice(("all", "anomalous", "none")), default="all", show_default=True,
+              help="Which heatmap overlays to write to OUT/overlays/.")
+@click.option("--masks", "save_masks", is_flag=True, help="Also write the plain defect masks to OUT/masks/.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run: skip images already in the report.")
+@click.option("--force", is_flag=True, help="Start over, replacing a report already in --out.")
+@threshold_option
+@pixel_threshold_option
+@runtime_device_option
+@strict_device_option
+@threads_option
+@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
+              help="Images per model call.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
+              help="Threads that decode and preprocess the next images and draw overlays while the model runs.")
+@click.option("--fail-on-anomaly", is_flag=True,
+              help="Exit with code 1 when any image is anomalous (for scripts and CI gates).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def inspect_command(folder: Path, model_path: str, out_dir: Path | None, recursive: bool, save: str,
+                    save_masks: bool, resume: bool, force: bool, threshold: float, pixel_threshold: float,
+                    device: str, strict_device: bool, threads: int, batch_size: int, workers: int,
+                    fail_on_anomaly: bool, quiet: bool) -> None:
+    """Score every image in FOLDER (or one image file): report.csv and report.jsonl with normalised and raw
+    scores, labels and defect regions, a heatmap overlay per image, and summary.json.
+
+    Unreadable files are listed in the report with the reason and the run goes on. Ctrl-C keeps every
+    finished image; run the same command with --resume to finish.
+
+    \b
+    Example:
+      inspector inspect photos/ --model model.onnx --save anomalous --fail-on-anomaly
+    """
+    from runtime.folder import inspect_folder
+    from runtime.scoring import Scorer
+    from runtime.session import load_model
+
+    scorer = Scorer(load_model(model_path, device, strict_device, threads, warn=warn), threshold, pixel_threshold)
+    out_dir = out_dir or Path("runs") / "inspect" / (folder.resolve().stem or "images")
+    bar = _ProgressBar(quiet)
+    try:
+        summary = inspect_folder(folder, scorer, out_dir, recursive=recursive, save=save, save_masks=save_masks,
+                                 resume=resume, force=force, batch_size=batch_size, workers=workers,
+                                 on_total=bar.start, on_record=bar.advance)
+    except KeyboardInterrupt:
+        bar.close()
+        click.echo(f"interrupted: finished images are in {out_dir / 'report.csv'}; "
+                   "run the same command with --resume to finish", err=True)
+        click.get_current_context().exit(EXIT_INTERRUPTED)
+    finally:
+        bar.close()
+    run = summary["this_run"]
+    rate = f" ({run['images_per_second']:.1f} images/s)" if run["images_per_second"] else ""
+    click.echo(
+        f"{summary['scored']} scored, {summary['anomalous']} anomalous, {summary['unreadable']} unreadable"
+        + (f" ({summary['resumed']} from the earlier run)" if summary["resumed"] else "")
+        + f"; this run: {run['images']} images in {run['seconds']:.1f} s{rate}"
+    )
+    click.echo(f"report: {out_dir / 'report.csv'} (and report.jsonl, summary.json)")
+    if save != "none":
+        click.echo(f"overlays: {out_dir / 'overlays'}")
+    if fail_on_anomaly and summary["anomalous"]:
+        click.get_current_context().exit(EXIT_ANOMALY)
+
+
+class _ProgressBar:
+    """A click progress bar that opens once the number of images to score is known."""
+
+    def __init__(self, quiet: bool):
+        self.quiet = quiet
+        self._bar = None
+
+    def start(self, total: int) -> None:
+        if not self.quiet and total:
+            self._bar = click.progressbar(length=total, label="inspecting", file=click.get_text_stream("stderr"),
+                                          show_pos=True, show_eta=True)
+            self._bar.__enter__()
+
+    def advance(self, _record: dict) -> None:
+        if self._bar is not None:
+            self._bar.update(1)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None

@@ -1,0 +1,107 @@
+"""Throughput of a model alone in onnxruntime versus end-to-end folder inspection on the same images.
+
+Model-only time covers ``session.run`` on batches prepared in advance; end-to-end time covers the whole
+`inspect` run (listing, decoding, preprocessing, inference, regions, overlays, reports). The two are
+measured alternately, ``repeats`` times, and compared by their medians.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from inspector.preprocess import read_image
+from runtime.folder import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, inspect_folder, list_images
+from runtime.scoring import Scorer
+
+
+def write_sample_images(folder: str | Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
+    """Write ``count`` textured PNG images of ``size`` (h, w), every fourth with a bright scratch."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    height, width = size
+    paths = []
+    for index in range(count):
+        noise = rng.normal(0.0, 1.0, (height // 4 + 1, width // 4 + 1, 3)).astype(np.float32)
+        texture = cv2.resize(noise, (width, height), interpolation=cv2.INTER_CUBIC)
+        image = np.clip(128 + 25 * texture + rng.normal(0, 4, (height, width, 3)), 0, 255).astype(np.uint8)
+        if index % 4 == 0:
+            start = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+            end = (int(rng.integers(0, width)), int(rng.integers(0, height)))
+            cv2.line(image, start, end, (245, 245, 245), max(2, width // 64))
+        path = folder / f"sample_{index:04d}.png"
+        cv2.imwrite(str(path), image)
+        paths.append(path)
+    return paths
+
+
+def model_only_throughput(scorer: Scorer, batches: list[np.ndarray]) -> float:
+    """Images per second of ``session.run`` alone over already-prepared batches."""
+    started = time.perf_counter()
+    for batch in batches:
+        scorer.infer(batch)
+    return sum(len(batch) for batch in batches) / (time.perf_counter() - started)
+
+
+def end_to_end_throughput(folder: Path, scorer: Scorer, out_dir: Path, batch_size: int, workers: int,
+                          save: str = "all") -> float:
+    """Images per second of a whole `inspect` run of ``folder`` (overlays and reports included)."""
+    started = time.perf_counter()
+    summary = inspect_folder(folder, scorer, out_dir, force=True, batch_size=batch_size, workers=workers,
+                             save=save)
+    return summary["this_run"]["images"] / (time.perf_counter() - started)
+
+
+def benchmark(
+    scorer: Scorer,
+    images: str | Path | None = None,
+    count: int = 64,
+    repeats: int = 3,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    workers: int = DEFAULT_WORKERS,
+    save: str = "all",
+) -> dict[str, Any]:
+    """Measure model-only and end-to-end throughput on the same images; medians over ``repeats``.
+
+    With no ``images`` folder, ``count`` sample images at the model's input size are generated.
+    """
+    with tempfile.TemporaryDirectory(prefix="inspector-bench-") as scratch:
+        scratch = Path(scratch)
+        folder = Path(images) if images else scratch / "images"
+        if not images:
+            write_sample_images(folder, count, scorer.session.input_size)
+        paths = [path for _, path in list_images(folder)]
+        decoded = [read_image(path) for path in paths]
+        batches = [scorer.prepare(decoded[i:i + batch_size]) for i in range(0, len(decoded), batch_size)]
+        sizes = sorted({(image.shape[0], image.shape[1]) for image in decoded})
+        del decoded
+        model_only_throughput(scorer, batches[:1])  # warm-up: first-run allocations are not the model's speed
+        model_only, end_to_end = [], []
+        for _ in range(repeats):
+            model_only.append(model_only_throughput(scorer, batches))
+            end_to_end.append(end_to_end_throughput(folder, scorer, scratch / "out", batch_size, workers, save))
+    model_median, e2e_median = statistics.median(model_only), statistics.median(end_to_end)
+    return {
+        "model": str(scorer.session.path),
+        "providers": scorer.session.providers,
+        "input_size": list(scorer.session.input_size),
+        "images": len(paths),
+        "image_sizes": [list(size) for size in sizes[:5]],
+        "generated_images": not images,
+        "batch_size": batch_size,
+        "workers": workers,
+        "save": save,
+        "repeats": repeats,
+        "model_only_images_per_second": [round(v, 2) for v in model_only],
+        "end_to_end_images_per_second": [round(v, 2) for v in end_to_end],
+        "model_only_median": round(model_median, 2),
+        "end_to_end_median": round(e2e_median, 2),
+        "ratio": round(e2e_median / model_median, 3),
+    }

@@ -1,0 +1,242 @@
+"""One `source` idea for live inspection: a camera index, a video file, an RTSP/HTTP stream or a folder.
+
+:func:`open_source` turns what the user typed into a :class:`Source`; :class:`FrameReader` reads it on
+its own thread. For live sources (and for files played in real time) the reader keeps only the newest
+frame, so latency stays bounded when inference is slower than the camera; a dropped camera or stream is
+reopened with backoff. Otherwise every frame is handed over and the end of the file ends the run.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import cv2
+import numpy as np
+
+from inspector.errors import ImageReadError, InspectorError
+from inspector.preprocess import is_image_name, read_image, to_uint8_rgb
+
+log = logging.getLogger("inspector.runtime")
+
+STREAM_TIMEOUT_MS = 5000  # a stalled network stream is noticed (and reopened) after this long
+FIRST_BACKOFF_S = 0.5
+MAX_BACKOFF_S = 10.0
+
+
+@dataclass
+class Frame:
+    """One frame as RGB ``uint8``, its number in the source (gaps are dropped frames) and read time."""
+
+    image: np.ndarray
+    index: int
+    captured_at: float
+
+
+class Source:
+    """Frames from somewhere. ``live`` sources (cameras, streams) are reopened when they drop."""
+
+    name: str = ""
+    live: bool = False
+    fps: float | None = None
+
+    def open(self) -> None:
+        """Open the source; raise :class:`InspectorError` naming it when that is impossible."""
+
+    def read(self) -> np.ndarray | None:
+        """The next frame as RGB ``uint8``, or None at the end of a file or when a live source drops."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release the device, file or connection."""
+
+
+class CaptureSource(Source):
+    """A camera index, a video file or a stream URL through ``cv2.VideoCapture``."""
+
+    def __init__(self, target: int | str, live: bool):
+        self.target = target
+        self.live = live
+        self.name = f"camera {target}" if isinstance(target, int) else str(target)
+        self._capture: cv2.VideoCapture | None = None
+
+    def open(self) -> None:
+        if isinstance(self.target, str) and "://" in self.target:
+            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                      STREAM_TIMEOUT_MS]
+            capture = cv2.VideoCapture(self.target, cv2.CAP_ANY, params)
+        else:
+            capture = cv2.VideoCapture(self.target)
+        if not capture.isOpened():
+            capture.release()
+            what = "camera" if isinstance(self.target, int) else "video or stream"
+            raise InspectorError(f"{self.name}: cannot open this {what}; check the index, path or URL")
+        if isinstance(self.target, int):
+            capture.set(cv2.CAP_PROP_BUFFERSIZE, 1)  # the driver's own queue would add stale frames
+        fps = capture.get(cv2.CAP_PROP_FPS)
+        self.fps = float(fps) if fps and np.isfinite(fps) and 0 < fps < 1000 else None
+        self._capture = capture
+
+    def read(self) -> np.ndarray | None:
+        if self._capture is None:
+            return None
+        ok, frame = self._capture.read()
+        if not ok or frame is None:
+            return None
+        return to_uint8_rgb(frame, bgr=True)
+
+    def close(self) -> None:
+        if self._capture is not None:
+            self._capture.release()
+            self._capture = None
+
+
+class FolderSource(Source):
+    """The images of a folder (or one image file) in name order, as frames; unreadable ones are skipped."""
+
+    def __init__(self, paths: list[Path], name: str, fps: float | None = None):
+        self.paths = paths
+        self.name = name
+        self.fps = fps
+        self._next = 0
+
+    def open(self) -> None:
+        if not self.paths:
+            raise InspectorError(f"{self.name}: no image files in this folder")
+        self._next = 0
+
+    def read(self) -> np.ndarray | None:
+        while self._next < len(self.paths):
+            path = self.paths[self._next]
+            self._next += 1
+            try:
+                return read_image(path)
+            except ImageReadError as error:
+                log.warning("skipped %s", error)
+        return None
+
+
+def open_source(spec: str | int, fps: float | None = None) -> Source:
+    """Build the source a user named: a camera index (``0``), a URL (``rtsp://…``, ``http://…``), a folder
+    of images, an image file or a video file. ``fps`` paces folders played in real time.
+
+    Raises:
+        InspectorError: the spec names nothing that exists.
+    """
+    if isinstance(spec, int) or str(spec).strip().isdigit():
+        return CaptureSource(int(spec), live=True)
+    spec = str(spec)
+    if "://" in spec:
+        return CaptureSource(spec, live=True)
+    path = Path(spec)
+    if path.is_dir():
+        images = sorted(p for p in path.iterdir() if p.is_file() and is_image_name(p.name))
+        return FolderSource(images, name=str(path), fps=fps)
+    if path.is_file():
+        if is_image_name(path.name):
+            return FolderSource([path], name=str(path), fps=fps)
+        return CaptureSource(str(path), live=False)
+    raise InspectorError(f"{spec}: no such camera index, video file, image folder or stream URL")
+
+
+class FrameReader:
+    """Reads a source on a capture thread and hands frames to one consumer.
+
+    With ``newest_only`` a slot holds just the newest frame (older ones are dropped and counted); otherwise
+    the reader waits until the consumer took the previous frame, so none are lost. ``pace`` plays a file
+    at its own frame rate, like a camera. Live sources that stop delivering are reopened with backoff.
+    """
+
+    def __init__(self, source: Source, newest_only: bool, pace: bool = False,
+                 notify: Callable[[str], None] | None = None):
+        self.source = source
+        self.newest_only = newest_only
+        self.pace = pace
+        self.notify = notify or log.warning
+        self.frames_read = 0
+        self.frames_dropped = 0
+        self.reconnects = 0
+        self.ended = False
+        self._backoff = FIRST_BACKOFF_S
+        self._slot: Frame | None = None
+        self._stop = threading.Event()
+        self._changed = threading.Condition()
+        self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
+
+    def start(self) -> "FrameReader":
+        """Open the source (errors surface here, in the caller's thread) and start capturing."""
+        self.source.open()
+        self._thread.start()
+        return self
+
+    def next(self, timeout: float | None = None) -> Frame | None:
+        """The newest frame not yet taken; None when the source ended, the reader stopped, or on timeout."""
+        with self._changed:
+            self._changed.wait_for(lambda: self._slot is not None or self.ended or self._stop.is_set(), timeout)
+            frame, self._slot = self._slot, None
+            self._changed.notify_all()
+            return frame
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """Stop capturing and release the source."""
+        self._stop.set()
+        with self._changed:
+            self._changed.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+        if not self._thread.is_alive():
+            self.source.close()  # a capture thread stuck in a blocking read keeps its handle (daemon thread)
+
+    def _run(self) -> None:
+        started = time.monotonic()
+        fps = self.source.fps or 25.0
+        try:
+            while not self._stop.is_set():
+                image = self.source.read()
+                if image is None:
+                    if self.source.live and self._reopen():
+                        continue
+                    break
+                self._backoff = FIRST_BACKOFF_S  # frames flow again: the next drop starts from a short wait
+                if self.pace:
+                    due = started + self.frames_read / fps
+                    self._stop.wait(max(0.0, due - time.monotonic()))
+                self._hand_over(Frame(image, self.frames_read, time.monotonic()))
+                self.frames_read += 1
+        except Exception as error:  # a crashed capture thread must still end the run, not hang it
+            self.notify(f"{self.source.name}: capture failed ({error}); stopping")
+        finally:
+            with self._changed:
+                self.ended = True
+                self._changed.notify_all()
+
+    def _hand_over(self, frame: Frame) -> None:
+        with self._changed:
+            if self.newest_only:
+                if self._slot is not None:
+                    self.frames_dropped += 1
+            else:
+                self._changed.wait_for(lambda: self._slot is None or self._stop.is_set())
+            self._slot = frame
+            self._changed.notify_all()
+
+    def _reopen(self) -> bool:
+        """Reopen a dropped live source with doubling backoff until it works or the reader is stopped."""
+        self.source.close()
+        while not self._stop.is_set():
+            self.notify(f"{self.source.name}: no frames; reopening in {self._backoff:.1f} s")
+            if self._stop.wait(self._backoff):
+                return False
+            self._backoff = min(self._backoff * 2.0, MAX_BACKOFF_S)
+            try:
+                self.source.open()
+            except InspectorError:
+                continue
+            self.reconnects += 1
+            self.notify(f"{self.source.name}: reopened")
+            return True
+        return False
