@@ -1,0 +1,148 @@
+"""DRAEM/RDNA anomaly synthesis: paste augmented texture into normal images through Perlin-noise masks.
+
+For each normal image ``x`` (rotated by U(-90, 90) degrees with probability ``rotate_probability``; the
+rotated image is also the reconstruction target), half of the samples get a synthetic anomaly::
+
+    A      = texture from the anomaly source, through 3 of DRAEM's 10 augmentations
+    M      = Perlin mask (independent power-of-two scales per axis, rotated, thresholded)
+    beta   ~ U(0, beta_max)
+    x_aug  = x (1 - M) + (1 - beta) A M + beta x M
+
+and the other half stay clean (zero mask). Every item draws from its own generator seeded by
+``(seed, epoch, index)``: data-loader workers never share a random stream, and a run is reproducible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import albumentations as A
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from inspector.preprocess import to_model_input
+from training.data.anomaly_source import AnomalySource
+from training.data.dataset import ImageDataset
+from training.data.perlin import perlin_mask, rotate
+
+Augmenter = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+
+
+def _gamma_per_channel(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    # albumentations' RandomGamma draws one gamma for all channels; DRAEM's draws one per channel.
+    levels = np.arange(256, dtype=np.float32) / 255.0
+    gammas = rng.uniform(0.5, 2.0, size=3)
+    return np.stack(
+        [cv2.LUT(image[:, :, c], np.round(255.0 * levels ** gammas[c]).astype(np.uint8)) for c in range(3)],
+        axis=2,
+    )
+
+
+def _albumentation(transform: A.BasicTransform) -> Augmenter:
+    def apply(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        # Seeding from the item's generator keeps albumentations' own randomness on the item's stream.
+        transform.set_random_seed(int(rng.integers(2**32)))
+        return transform(image=image)["image"]
+
+    return apply
+
+
+def draem_augmenters() -> list[Augmenter]:
+    """DRAEM's ten texture augmentations (albumentations, plus a hand-written per-channel gamma)."""
+    return [
+        _gamma_per_channel,
+        _albumentation(
+            A.RandomBrightnessContrast(brightness_limit=(-30 / 255, 30 / 255), contrast_limit=0.2, p=1)
+        ),
+        _albumentation(A.Sharpen(alpha=(0.0, 1.0), lightness=(0.75, 1.5), p=1)),
+        # albumentations' hue unit is OpenCV's (2 degrees): +-35 is DRAEM's +-50 on a 0-255 hue scale.
+        _albumentation(A.HueSaturationValue(hue_shift_limit=35, sat_shift_limit=50, val_shift_limit=0, p=1)),
+        _albumentation(A.Solarize(threshold_range=(32 / 255, 128 / 255), p=1)),
+        _albumentation(A.Posterize(num_bits=(1, 8), p=1)),
+        _albumentation(A.InvertImg(p=1)),
+        _albumentation(A.AutoContrast(p=1)),
+        _albumentation(A.Equalize(p=1)),
+        _albumentation(A.Affine(rotate=(-45, 45), border_mode=cv2.BORDER_REFLECT_101, p=1)),
+    ]
+
+
+class SyntheticAnomalyDataset(Dataset):
+    """Training items with synthetic anomalies over the normal images of ``base``.
+
+    Items: ``image`` ``[C, H, W]`` in [0, 1] (the normal image, possibly rotated: the reconstruction
+    target), ``augmented`` ``[C, H, W]``, ``mask`` ``[1, H, W]`` in {0, 1}, ``has_anomaly`` (float
+    scalar), ``label`` and ``index``. Call :meth:`set_epoch` before each epoch for fresh anomalies (with
+    ``persistent_workers`` the workers keep the epoch they started with).
+    """
+
+    def __init__(
+        self,
+        base: ImageDataset,
+        source: AnomalySource,
+        seed: int,
+        anomaly_probability: float = 0.5,
+        rotate_probability: float = 0.3,
+        beta_max: float = 0.8,
+    ) -> None:
+        self.base = base
+        self.source = source
+        self.seed = int(seed)
+        self.anomaly_probability = anomaly_probability
+        self.rotate_probability = rotate_probability
+        self.beta_max = beta_max
+        self.epoch = 0
+        self.augmenters = draem_augmenters()
+
+    def set_epoch(self, epoch: int) -> None:
+        """Draw the anomalies of ``epoch`` (the same epoch and index always give the same item)."""
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def augment_texture(self, texture: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """Three of the ten augmentations, chosen without replacement, applied in a random order."""
+        for choice in rng.choice(len(self.augmenters), size=3, replace=False):
+            texture = self.augmenters[int(choice)](texture, rng)
+        return texture
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        rng = np.random.default_rng([self.seed, self.epoch, int(index)])
+        rgb = self.base.load_uint8(index)
+        size = rgb.shape[:2]
+        if rng.random() < self.rotate_probability:
+            # Reflected borders keep the rotated image a plausible normal surface (no black corners).
+            rgb = rotate(rgb, rng.uniform(-90.0, 90.0), border=cv2.BORDER_REFLECT_101)
+        channels = self.base.channels
+        image = to_model_input(rgb, size, channels)
+        augmented, mask = image, np.zeros((1, *size), np.float32)
+        if rng.random() < self.anomaly_probability:
+            region = _non_empty_perlin_mask(size, rng)
+            if region is not None:
+                texture = self.augment_texture(self.source.sample(rng, size), rng)
+                # Blending in the model's channels equals blending in RGB then converting: luma is linear.
+                anomaly = to_model_input(texture, size, channels)
+                beta = rng.uniform(0.0, self.beta_max)
+                mask = region[None, :, :]
+                augmented = image * (1.0 - mask) + (1.0 - beta) * anomaly * mask + beta * image * mask
+        return {
+            "image": torch.from_numpy(image),
+            "augmented": torch.from_numpy(np.ascontiguousarray(augmented, dtype=np.float32)),
+            "mask": torch.from_numpy(mask),
+            "has_anomaly": torch.tensor(float(mask.any()), dtype=torch.float32),
+            "label": int(self.base.samples[index].label),
+            "index": int(index),
+        }
+
+
+def _non_empty_perlin_mask(
+    size: tuple[int, int], rng: np.random.Generator, tries: int = 4
+) -> np.ndarray | None:
+    # About 5 % of Perlin masks are empty at threshold 0.5; redrawing keeps the anomalous half anomalous.
+    for _ in range(tries):
+        region = perlin_mask(size, rng)
+        if region.any():
+            return region
+    return None
