@@ -40,31 +40,34 @@ def _gamma_per_channel(image: np.ndarray, rng: np.random.Generator) -> np.ndarra
     )
 
 
-def _albumentation(transform: A.BasicTransform) -> Augmenter:
-    def apply(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        # Seeding from the item's generator keeps albumentations' own randomness on the item's stream.
-        transform.set_random_seed(int(rng.integers(2**32)))
-        return transform(image=image)["image"]
+class _Seeded:
+    """An albumentations transform drawing its randomness from the item's generator.
 
-    return apply
+    A class rather than a closure so that the dataset pickles (spawn and forkserver workers need it).
+    """
+
+    def __init__(self, transform: A.BasicTransform) -> None:
+        self.transform = transform
+
+    def __call__(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        self.transform.set_random_seed(int(rng.integers(2**32)))
+        return self.transform(image=image)["image"]
 
 
 def draem_augmenters() -> list[Augmenter]:
     """DRAEM's ten texture augmentations (albumentations, plus a hand-written per-channel gamma)."""
     return [
         _gamma_per_channel,
-        _albumentation(
-            A.RandomBrightnessContrast(brightness_limit=(-30 / 255, 30 / 255), contrast_limit=0.2, p=1)
-        ),
-        _albumentation(A.Sharpen(alpha=(0.0, 1.0), lightness=(0.75, 1.5), p=1)),
+        _Seeded(A.RandomBrightnessContrast(brightness_limit=(-30 / 255, 30 / 255), contrast_limit=0.2, p=1)),
+        _Seeded(A.Sharpen(alpha=(0.0, 1.0), lightness=(0.75, 1.5), p=1)),
         # albumentations' hue unit is OpenCV's (2 degrees): +-35 is DRAEM's +-50 on a 0-255 hue scale.
-        _albumentation(A.HueSaturationValue(hue_shift_limit=35, sat_shift_limit=50, val_shift_limit=0, p=1)),
-        _albumentation(A.Solarize(threshold_range=(32 / 255, 128 / 255), p=1)),
-        _albumentation(A.Posterize(num_bits=(1, 8), p=1)),
-        _albumentation(A.InvertImg(p=1)),
-        _albumentation(A.AutoContrast(p=1)),
-        _albumentation(A.Equalize(p=1)),
-        _albumentation(A.Affine(rotate=(-45, 45), border_mode=cv2.BORDER_REFLECT_101, p=1)),
+        _Seeded(A.HueSaturationValue(hue_shift_limit=35, sat_shift_limit=50, val_shift_limit=0, p=1)),
+        _Seeded(A.Solarize(threshold_range=(32 / 255, 128 / 255), p=1)),
+        _Seeded(A.Posterize(num_bits=(1, 8), p=1)),
+        _Seeded(A.InvertImg(p=1)),
+        _Seeded(A.AutoContrast(p=1)),
+        _Seeded(A.Equalize(p=1)),
+        _Seeded(A.Affine(rotate=(-45, 45), border_mode=cv2.BORDER_REFLECT_101, p=1)),
     ]
 
 
