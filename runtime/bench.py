@@ -103,5 +103,5 @@ def benchmark(
         "end_to_end_images_per_second": [round(v, 2) for v in end_to_end],
         "model_only_median": round(model_median, 2),
         "end_to_end_median": round(e2e_median, 2),
-        "ratio": round(e2e_median / model_median, 3),
+        "ratio": round(e2e_median / model_median, 4),
     }

@@ -25,21 +25,17 @@ def render_overlay(image_rgb: np.ndarray, inspection: Inspection, pixel_threshol
     model, never cropped), so every heatmap pixel sits on the pixel it describes.
     """
     image_bgr = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
-    heat = inspection.anomaly_map
     start = max(0.0, pixel_threshold - FADE)
-    # Colour only the window that holds visible heat: most of a good part's image is left untouched.
-    x, y, width, height = cv2.boundingRect((heat > start).astype(np.uint8))
-    if width and height:
-        window = heat[y:y + height, x:x + width]
-        alpha = np.clip((window - start) * (MAX_ALPHA / max(pixel_threshold - start, 1e-6)), 0.0, MAX_ALPHA)
-        colored = cv2.applyColorMap((np.clip(window, 0.0, 1.0) * 255.0).astype(np.uint8), COLORMAP)
+    visible = inspection.map_window(start)  # only where the map is high enough to be coloured
+    if visible is not None:
+        (x, y, width, height), heat = visible
+        alpha = np.clip((heat - start) * (MAX_ALPHA / max(pixel_threshold - start, 1e-6)), 0.0, MAX_ALPHA)
+        colored = cv2.applyColorMap((np.clip(heat, 0.0, 1.0) * 255.0).astype(np.uint8), COLORMAP)
         region = image_bgr[y:y + height, x:x + width]
         region[:] = cv2.blendLinear(region, colored, (1.0 - alpha).astype(np.float32), alpha.astype(np.float32))
     thickness = max(1, round(min(image_bgr.shape[:2]) / 300))
-    if inspection.defect_regions:
-        contours, _ = cv2.findContours(
-            inspection.defect_mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-        )
+    contours = inspection.defect_contours()
+    if contours:
         cv2.drawContours(image_bgr, contours, -1, CONTOUR_BGR, thickness, lineType=cv2.LINE_AA)
     draw_badge(image_bgr, f"{inspection.label.upper()} {inspection.score:.2f}",
                ANOMALOUS_BGR if inspection.anomalous else NORMAL_BGR)
@@ -61,7 +57,7 @@ def draw_badge(image_bgr: np.ndarray, text: str, color: tuple[int, int, int], ro
 
 def render_mask(inspection: Inspection) -> np.ndarray:
     """The defect mask at the original resolution: 255 where defective, 0 elsewhere."""
-    return inspection.defect_mask.astype(np.uint8) * 255
+    return inspection.defect_mask().astype(np.uint8) * 255
 
 
 def write_image(path: str | Path, image: np.ndarray, quality: int = 90) -> None:

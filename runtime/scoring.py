@@ -6,6 +6,7 @@ higher value flags fewer images, a lower one more. Raw scores are always reporte
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -17,11 +18,14 @@ from inspector.preprocess import prepare_batch, resize_map
 from runtime.session import ModelSession
 
 CALIBRATED = 0.5
+# Regions of larger images are found on a grid of at most this many pixels (scaled back to original
+# pixels): still many times finer than the model's map, and a 24 MP photo costs milliseconds, not seconds.
+MAX_GRID_PIXELS = 1 << 20
 
 
 @dataclass
 class DefectRegion:
-    """A connected group of defect pixels, in the original image's pixel coordinates."""
+    """A connected group of defect pixels: bounding box and area in the original image's pixels."""
 
     x: int
     y: int
@@ -36,19 +40,119 @@ class DefectRegion:
 
 
 @dataclass
+class RegionGrid:
+    """The normalised map and defect mask on the working grid, with the scale from grid to original pixels.
+
+    The grid is the original resolution, or for images above ``MAX_GRID_PIXELS`` a proportionally smaller one.
+    """
+
+    anomaly_map: np.ndarray
+    mask: np.ndarray
+    scale_x: float
+    scale_y: float
+    image_size: tuple[int, int]
+
+    @classmethod
+    def build(cls, anomaly_map: np.ndarray, image_size: tuple[int, int], pixel_threshold: float) -> "RegionGrid":
+        height, width = image_size
+        shrink = min(1.0, math.sqrt(MAX_GRID_PIXELS / float(height * width)))
+        grid_height, grid_width = max(1, round(height * shrink)), max(1, round(width * shrink))
+        grid_map = resize_map(anomaly_map, grid_height, grid_width)
+        return cls(grid_map, grid_map > pixel_threshold, width / grid_width, height / grid_height, image_size)
+
+    def regions(self) -> list[DefectRegion]:
+        """Connected components (8-connected) of the mask, largest first, in original pixels."""
+        if not self.mask.any():
+            return []
+        count, labels, stats, _ = cv2.connectedComponentsWithStats(self.mask.astype(np.uint8), connectivity=8)
+        height, width = self.image_size
+        regions = []
+        for index in range(1, count):
+            x, y, w, h, area = (int(v) for v in stats[index])
+            inside = labels[y:y + h, x:x + w] == index
+            peak = float(self.anomaly_map[y:y + h, x:x + w][inside].max())
+            left, top = math.floor(x * self.scale_x), math.floor(y * self.scale_y)
+            right = min(width, math.ceil((x + w) * self.scale_x))
+            bottom = min(height, math.ceil((y + h) * self.scale_y))
+            regions.append(DefectRegion(left, top, right - left, bottom - top,
+                                        round(area * self.scale_x * self.scale_y), peak))
+        regions.sort(key=lambda region: region.area, reverse=True)
+        return regions
+
+    def contours(self) -> list[np.ndarray]:
+        """Outlines of the mask as int32 point arrays in original pixel coordinates."""
+        found, _ = cv2.findContours(self.mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+        if self.scale_x == 1.0 and self.scale_y == 1.0:
+            return list(found)
+        scale = np.array([self.scale_x, self.scale_y], np.float32)
+        return [np.round((points + 0.5) * scale - 0.5).astype(np.int32) for points in found]
+
+
+@dataclass
 class Inspection:
-    """The verdict on one image. Maps and masks are at the original image's resolution."""
+    """The verdict on one image.
+
+    ``anomaly_map`` is the normalised map at the model's resolution; :meth:`full_anomaly_map` lays it onto
+    the original image (``image_size`` = height, width) pixel for pixel: the model saw the whole image
+    resized, never cropped. ``defect_regions`` are in original pixels.
+    """
 
     score: float
     raw_score: float
     anomalous: bool
     anomaly_map: np.ndarray
-    defect_mask: np.ndarray
+    image_size: tuple[int, int]
+    pixel_threshold: float
     defect_regions: list[DefectRegion] = field(default_factory=list)
+    grid: RegionGrid | None = field(default=None, repr=False)
+    _full_map: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def label(self) -> str:
         return "anomalous" if self.anomalous else "normal"
+
+    def full_anomaly_map(self) -> np.ndarray:
+        """The normalised anomaly map on the original image: float32 ``[H, W]``."""
+        if self._full_map is None:
+            self._full_map = resize_map(self.anomaly_map, *self.image_size)
+        return self._full_map
+
+    def map_window(self, above: float) -> tuple[tuple[int, int, int, int], np.ndarray] | None:
+        """The part of the full-resolution map that can exceed ``above``: its window (x, y, width, height)
+        in original pixels and the map's values there, or None when no value exceeds it.
+
+        The values equal :meth:`full_anomaly_map` cropped to the window (same bilinear sampling), without
+        resizing the whole map: on a large photo with a small defect that is most of the overlay's cost.
+        """
+        high = self.anomaly_map > above
+        if not high.any():
+            return None
+        height, width = self.image_size
+        map_height, map_width = self.anomaly_map.shape
+        scale_x, scale_y = width / map_width, height / map_height
+        # A bilinear sample only mixes the two nearest map cells, so one cell of margin holds every sample
+        # that can exceed ``above``.
+        x, y, w, h = cv2.boundingRect(high.astype(np.uint8))
+        left, top = max(0, math.floor((x - 1) * scale_x)), max(0, math.floor((y - 1) * scale_y))
+        right = min(width, math.ceil((x + w + 1) * scale_x))
+        bottom = min(height, math.ceil((y + h + 1) * scale_y))
+        window = (left, top, right - left, bottom - top)
+        if self._full_map is not None:
+            return window, self._full_map[top:bottom, left:right]
+        # The affine map of cv2.resize's INTER_LINEAR sampling (pixel centres), offset to the window.
+        to_map = np.float32([[1 / scale_x, 0, (left + 0.5) / scale_x - 0.5],
+                             [0, 1 / scale_y, (top + 0.5) / scale_y - 0.5]])
+        values = cv2.warpAffine(self.anomaly_map, to_map, (right - left, bottom - top),
+                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        return window, values
+
+    def defect_mask(self) -> np.ndarray:
+        """Defect pixels of the original image: bool ``[H, W]``, the full map above the pixel threshold."""
+        return self.full_anomaly_map() > self.pixel_threshold
+
+    def defect_contours(self) -> list[np.ndarray]:
+        """Outlines of the defect regions as int32 point arrays in original pixel coordinates."""
+        return self.grid.contours() if self.grid is not None and self.defect_regions else []
 
 
 def check_threshold(value: float, name: str = "--threshold") -> float:
@@ -86,20 +190,23 @@ class Scorer:
         return self.session.run(batch)
 
     def finish(self, image_shape: Sequence[int], raw_score: float, raw_map: np.ndarray) -> Inspection:
-        """Normalise one image's raw outputs, bring the map to ``image_shape`` and find defect regions."""
+        """Normalise one image's raw outputs and find its defect regions on the original image."""
         score = float(self.calibration.normalize_image_scores(np.float32(raw_score)))
-        height, width = int(image_shape[0]), int(image_shape[1])
-        # Normalising before the resize costs the small map, not the full-resolution one; both orders give
-        # the same defect mask because normalisation is monotone and 0.5 lies inside the clip range.
-        anomaly_map = resize_map(self.calibration.normalize_anomaly_maps(raw_map), height, width)
-        defect_mask = anomaly_map > self.pixel_threshold
+        image_size = (int(image_shape[0]), int(image_shape[1]))
+        # Normalising the small map before any resize gives the same mask as normalising after it:
+        # normalisation is monotone and the threshold lies inside its clip range.
+        anomaly_map = self.calibration.normalize_anomaly_maps(raw_map)
+        grid = RegionGrid.build(anomaly_map, image_size, self.pixel_threshold)
         return Inspection(
             score=score,
             raw_score=float(raw_score),
             anomalous=score > self.image_threshold,
             anomaly_map=anomaly_map,
-            defect_mask=defect_mask,
-            defect_regions=defect_regions(defect_mask, anomaly_map),
+            image_size=image_size,
+            pixel_threshold=self.pixel_threshold,
+            defect_regions=grid.regions(),
+            grid=grid,
+            _full_map=grid.anomaly_map if grid.anomaly_map.shape == image_size else None,
         )
 
     def score(self, images: Sequence[np.ndarray]) -> list[Inspection]:
@@ -108,18 +215,3 @@ class Scorer:
             return []
         raw_scores, raw_maps = self.infer(self.prepare(images))
         return [self.finish(image.shape, raw_scores[i], raw_maps[i]) for i, image in enumerate(images)]
-
-
-def defect_regions(defect_mask: np.ndarray, anomaly_map: np.ndarray) -> list[DefectRegion]:
-    """Connected components (8-connected) of a defect mask, largest first, with their peak map value."""
-    if not defect_mask.any():
-        return []
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(defect_mask.astype(np.uint8), connectivity=8)
-    regions = []
-    for index in range(1, count):
-        x, y, width, height, area = (int(v) for v in stats[index])
-        window = labels[y:y + height, x:x + width] == index
-        peak = float(anomaly_map[y:y + height, x:x + width][window].max())
-        regions.append(DefectRegion(x, y, width, height, area, peak))
-    regions.sort(key=lambda region: region.area, reverse=True)
-    return regions

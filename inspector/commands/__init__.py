@@ -14,3 +14,9 @@ COMMANDS.append(export_command)
 from inspector.commands.info import info_command
 
 COMMANDS.append(info_command)
+
+from inspector.commands.inspect import inspect_command
+from inspector.commands.watch import watch_command
+from inspector.commands.bench import bench_command
+
+COMMANDS.extend([inspect_command, watch_command, bench_command])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -102,7 +103,7 @@ class _ProgressBar:
 
     def start(self, total: int) -> None:
         if not self.quiet and total:
-            self._bar = click.progressbar(length=total, label="inspecting", file=click.get_text_stream("stderr"),
+            self._bar = click.progressbar(length=total, label="inspecting", file=sys.stderr,
                                           show_pos=True, show_eta=True)
             self._bar.__enter__()
 

@@ -28,3 +28,33 @@ torch_device_option = click.option(
     default=None,
     help="Torch device for training and evaluation (default: the config's, normally auto).",
 )
+
+# Options of the runtime commands (inspect, watch, bench).
+strict_device_option = click.option(
+    "--strict-device",
+    is_flag=True,
+    help="Fail (exit 2) instead of falling back to the CPU when the requested --device is unavailable.",
+)
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="onnxruntime intra-op threads; 0 lets onnxruntime use one per physical core.",
+)
+threshold_option = click.option(
+    "--threshold",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    help="Image threshold on the normalised score in [0, 1]: 0.5 is the model's calibrated threshold, "
+    "higher flags fewer images, lower flags more. Raw scores are reported too.",
+)
+pixel_threshold_option = click.option(
+    "--pixel-threshold",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.5,
+    show_default=True,
+    help="Pixel threshold on the normalised anomaly map in [0, 1] (0.5 = calibrated): sets the defect "
+    "mask, the regions and the contours.",
+)
