@@ -1,0 +1,65 @@
+"""The runtime on an edge box: inspect and watch run with torch, training, export and onnx unimportable."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from runtime_images import part, write_png, write_video
+from runtime_models import build_deviation_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Runs in a fresh interpreter: any import of a blocked package fails as it would where it is not installed.
+SCRIPT = textwrap.dedent(
+    """
+    import importlib.abc, sys
+    BLOCKED = {"torch", "torchvision", "training", "export", "onnx", "albumentations"}
+
+    class Blocker(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path=None, target=None):
+            if name.split(".")[0] in BLOCKED:
+                raise ImportError(f"{name} is not installed on this edge box")
+            return None
+
+    sys.meta_path.insert(0, Blocker())
+    import runtime.bench, runtime.folder, runtime.overlay, runtime.report, runtime.scoring
+    import runtime.session, runtime.sources, runtime.watch
+    from inspector.cli import cli
+    model, photos, video, out = sys.argv[1:5]
+    for args in (["inspect", photos, "--model", model, "--out", out + "/inspect", "-q"],
+                 ["watch", "--model", model, "--source", video, "--headless", "--out", out + "/watch"]):
+        try:
+            cli.main(args=args, prog_name="inspector", standalone_mode=False)
+        except SystemExit as stop:
+            assert not stop.code, stop.code
+    leaked = sorted(name for name in sys.modules if name.split(".")[0] in BLOCKED)
+    assert not leaked, leaked
+    print("torch-free ok")
+    """
+)
+
+
+def test_inspect_and_watch_run_where_torch_cannot_be_imported(tmp_path):
+    model = build_deviation_model(tmp_path / "model.onnx")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_png(photos / "good.png", part(40, 40))
+    write_png(photos / "bad.png", part(40, 40, spot=(10, 10, 8, 8)))
+    video = write_video(tmp_path / "clip.avi", frames=5, defect_frames=range(2, 3))
+
+    result = subprocess.run(
+        [sys.executable, "-c", SCRIPT, str(model), str(photos), str(video), str(tmp_path / "out")],
+        cwd=REPO, capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+
+    assert result.returncode == 0, result.stderr
+    assert "torch-free ok" in result.stdout
+    summary = json.loads((tmp_path / "out" / "inspect" / "summary.json").read_text())
+    assert (summary["scored"], summary["anomalous"]) == (2, 1)
+    watched = json.loads((tmp_path / "out" / "watch" / "summary.json").read_text())
+    assert watched["frames_scored"] == 5 and watched["anomalous"] == 1
