@@ -135,6 +135,12 @@ def test_unknown_category_lists_the_existing_ones(tmp_path):
         build_splits(mvtec_config(root, "cable"))
 
 
+def test_a_category_folder_given_as_root_gets_a_hint(tmp_path):
+    root = make_mvtec(tmp_path / "mvtec")
+    with pytest.raises(InspectorError, match="looks like a category folder itself.*--category bottle"):
+        build_splits(mvtec_config(root / "bottle", "bottle"))
+
+
 def test_empty_train_good_is_an_error(tmp_path):
     root = make_mvtec(tmp_path / "mvtec", train=0)
     (root / "bottle" / "train" / "good").mkdir(parents=True, exist_ok=True)

@@ -16,7 +16,8 @@ import numpy as np
 
 from inspector.config import TrainConfig
 from inspector.errors import InspectorError
-from inspector.preprocess import is_image_name, read_image, resize_image, to_uint8_rgb
+from inspector.preprocess import read_image, resize_image, to_uint8_rgb
+from training.data.mvtec import image_files
 from training.data.procedural import colourize, fractal_noise, smooth_noise, to_uint8
 
 log = logging.getLogger(__name__)
@@ -43,7 +44,7 @@ class AnomalySource:
             raise InspectorError(
                 f"anomaly source {root} is not a folder; give a folder of texture images (e.g. DTD's images/)"
             )
-        paths = sorted(p for p in root.rglob("*") if is_image_name(p) and p.is_file())
+        paths = image_files(root, recursive=True)
         if not paths:
             raise InspectorError(
                 f"anomaly source {root} holds no images; give a folder of texture images (e.g. DTD's images/)"

@@ -25,9 +25,15 @@ MASK_SUFFIX = "_mask"
 
 
 def image_files(folder: Path, recursive: bool = False) -> list[Path]:
-    """The image files in ``folder`` (by extension), sorted; hidden files are skipped."""
-    pattern = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(p for p in pattern if is_image_name(p) and not p.name.startswith(".") and p.is_file())
+    """The image files in ``folder`` (by extension), sorted; hidden files and folders are skipped."""
+    candidates = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(
+        p
+        for p in candidates
+        if is_image_name(p)
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+        and p.is_file()
+    )
 
 
 def limit_samples(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:
@@ -127,6 +133,10 @@ def build_mvtec_splits(config: TrainConfig) -> Splits:
         )
     category_dir = root / data.category
     if not category_dir.is_dir():
+        if (root / "train" / "good").is_dir():
+            raise InspectorError(
+                f"{root} looks like a category folder itself; pass its parent with --data and --category {root.name}"
+            )
         raise InspectorError(
             f"category '{data.category}' not found in {root}; existing categories: "
             f"{', '.join(categories) or 'none (expected <category>/train/good)'}"

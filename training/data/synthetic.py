@@ -381,7 +381,8 @@ def generate_dataset(
             "seed": int(seed),
         }
         target = root / category
-        if target.exists():
+        stale = target.exists()
+        if stale:
             marker = target / MARKER
             if not marker.is_file():
                 raise InspectorError(
@@ -393,8 +394,8 @@ def generate_dataset(
         shutil.rmtree(partial, ignore_errors=True)
         _write_category(partial, category, image_size, train_count, test_good, test_defect_per_kind, seed)
         (partial / MARKER).write_text(json.dumps(parameters, indent=2), encoding="utf-8")
-        if target.exists():
-            shutil.rmtree(target)
+        if stale:  # generated with other parameters: replace it
+            shutil.rmtree(target, ignore_errors=True)
         try:
             partial.rename(target)
         except OSError:
