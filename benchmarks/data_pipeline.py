@@ -8,7 +8,9 @@ folder of 512x512 JPEG files, as DTD's images are read (decode + resize on every
     python benchmarks/data_pipeline.py                       # 128 and 256, 0 and 2 workers, both sources
     python benchmarks/data_pipeline.py --sizes 128 --workers 2 --batches 40
 
-Importable: ``measure_pipeline(size, workers, batches)`` returns the median samples/s.
+Importable: ``measure_pipeline(size, workers, batches)`` returns the median samples/s (wall clock, so it
+depends on what else the machine runs); ``cpu_ms_per_sample(size)`` the CPU time one sample costs, which
+does not.
 """
 
 from __future__ import annotations
@@ -93,6 +95,20 @@ def measure_pipeline(
     return statistics.median(rates)
 
 
+def cpu_ms_per_sample(
+    size: int, samples: int = 64, source: str = "generated", data_root: str | None = None
+) -> float:
+    """CPU time one training sample costs in this process (milliseconds): robust to other processes' load."""
+    config = load_config(None, {"data.root": data_root, "input_size": [size, size]})
+    base = ImageDataset(build_synthetic_splits(config).train, (size, size), config.channels)
+    dataset = SyntheticAnomalyDataset(base, _source(source), seed=0)
+    dataset[0]
+    start = time.process_time()
+    for index in range(samples):
+        dataset[index % len(dataset)]
+    return (time.process_time() - start) / samples * 1000.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="128,256", help="input sizes, comma-separated")
@@ -104,18 +120,25 @@ def main() -> None:
     parser.add_argument("--data-root", default=None, help="built-in dataset folder (default data/synthetic)")
     args = parser.parse_args()
     torch.set_num_threads(1)
+    workers = [int(w) for w in args.workers.split(",")]
 
     print(f"# data pipeline, {platform.node()}, {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f}")
     print(f"# batch {args.batch_size}, {args.batches} timed batches, median of {args.repeats} repeats")
-    print("| input | workers | anomaly source | samples/s |")
-    print("|---|---|---|---|")
+    print(
+        "| input | anomaly source | CPU ms/sample | "
+        + " | ".join(f"samples/s, {w} workers" for w in workers)
+        + " |"
+    )
+    print("|---|---|---|" + "---|" * len(workers))
     for size in (int(s) for s in args.sizes.split(",")):
-        for workers in (int(w) for w in args.workers.split(",")):
-            for source in args.sources.split(","):
-                rate = measure_pipeline(
-                    size, workers, args.batches, args.batch_size, source, args.repeats, args.data_root
-                )
-                print(f"| {size}x{size} | {workers} | {source} | {rate:.0f} |", flush=True)
+        for source in args.sources.split(","):
+            cost = cpu_ms_per_sample(size, source=source, data_root=args.data_root)
+            rates = [
+                measure_pipeline(size, w, args.batches, args.batch_size, source, args.repeats, args.data_root)
+                for w in workers
+            ]
+            cells = " | ".join(f"{rate:.0f}" for rate in rates)
+            print(f"| {size}x{size} | {source} | {cost:.1f} | {cells} |", flush=True)
 
 
 if __name__ == "__main__":
