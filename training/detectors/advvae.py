@@ -146,14 +146,24 @@ class AdvVAE(Detector):
         widths = block_widths(len(sizes) - 1, base_width, max_width)
         feature_count = widths[-1] * sizes[-1][0] * sizes[-1][1]
         self.encoder = Encoder(
-            ConvEncoder(self.channels, widths, batch_norm=True, activation="leaky_relu"), feature_count, self.latent_dim
+            ConvEncoder(self.channels, widths, batch_norm=True, activation="leaky_relu"),
+            feature_count,
+            self.latent_dim,
         )
         self.decoder = ConvDecoder(
-            self.latent_dim, self.channels, widths, sizes, batch_norm=True, activation="leaky_relu", output="tanh"
+            self.latent_dim,
+            self.channels,
+            widths,
+            sizes,
+            batch_norm=True,
+            activation="leaky_relu",
+            output="tanh",
         )
         d_widths = block_widths(len(sizes) - 1, discriminator_base_width or base_width, max_width)
         self.discriminator = Discriminator(
-            ConvEncoder(self.channels, d_widths, batch_norm=True, activation="leaky_relu", first_batch_norm=False),
+            ConvEncoder(
+                self.channels, d_widths, batch_norm=True, activation="leaky_relu", first_batch_norm=False
+            ),
             d_widths[-1] * sizes[-1][0] * sizes[-1][1],
         )
 

@@ -45,7 +45,9 @@ PRESETS = {
 class Memory(nn.Module):
     """Soft attention over ``slots`` learned vectors with hard shrinkage of the addressing weights."""
 
-    def __init__(self, slots: int, dim: int, shrink_threshold: float | None = None, eps: float = 1e-12) -> None:
+    def __init__(
+        self, slots: int, dim: int, shrink_threshold: float | None = None, eps: float = 1e-12
+    ) -> None:
         super().__init__()
         bound = 1.0 / dim**0.5
         self.slots = nn.Parameter(torch.empty(slots, dim).uniform_(-bound, bound))
@@ -123,7 +125,11 @@ class MemVAE(Detector):
         if error not in ("squared", "abs"):
             raise ValueError(f"error must be 'squared' or 'abs', got '{error}'")
         settings = dict(PRESETS[preset])
-        for key, value in (("memory_slots", memory_slots), ("memory_dim", memory_dim), ("latent_dim", latent_dim)):
+        for key, value in (
+            ("memory_slots", memory_slots),
+            ("memory_dim", memory_dim),
+            ("latent_dim", latent_dim),
+        ):
             if value is not None:
                 settings[key] = int(value)
         self.latent_dim = settings["latent_dim"]
@@ -144,7 +150,13 @@ class MemVAE(Detector):
         )
         memory = Memory(settings["memory_slots"], settings["memory_dim"], shrink_threshold)
         decoder = ConvDecoder(
-            settings["memory_dim"], self.channels, widths, sizes, batch_norm=False, activation="relu", output="sigmoid"
+            settings["memory_dim"],
+            self.channels,
+            widths,
+            sizes,
+            batch_norm=False,
+            activation="relu",
+            output="sigmoid",
         )
         self.memory_decoder = MemoryDecoder(self.latent_dim, memory, decoder)
 

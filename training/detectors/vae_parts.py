@@ -93,7 +93,9 @@ class ConvDecoder(nn.Module):
         reversed_widths = list(reversed(widths))
         targets = list(reversed(sizes[:-1]))
         for index, (width, target) in enumerate(zip(reversed_widths, targets)):
-            out_width = reversed_widths[index + 1] if index + 1 < len(reversed_widths) else reversed_widths[-1]
+            out_width = (
+                reversed_widths[index + 1] if index + 1 < len(reversed_widths) else reversed_widths[-1]
+            )
             source = sizes[len(sizes) - 1 - index]
             padding = tuple(t - (2 * s - 1) for t, s in zip(target, source))
             layers.append(
