@@ -7,5 +7,7 @@ __all__ = ["Component", "Detector", "build_detector", "detector_names", "get_det
 # One import per detector module; each registers itself with @register.
 from training.detectors import rdna  # noqa: F401
 from training.detectors import draem  # noqa: F401
+from training.detectors import alocc  # noqa: F401
+from training.detectors import bigan  # noqa: F401
 from training.detectors import memvae  # noqa: F401
 from training.detectors import advvae  # noqa: F401
