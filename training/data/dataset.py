@@ -1,0 +1,76 @@
+"""Torch dataset over :class:`Sample` lists, through the shared preprocessing of ``inspector.preprocess``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from inspector.errors import InspectorError
+from inspector.preprocess import read_image, resize_image, to_model_input, to_uint8_rgb
+from training.data.samples import Sample
+
+
+def load_rgb(sample: Sample) -> np.ndarray:
+    """The sample's image as RGB ``uint8`` ``[H, W, 3]``, from its file or its array."""
+    if isinstance(sample.image, np.ndarray):
+        return to_uint8_rgb(sample.image)
+    return read_image(sample.image)
+
+
+def load_mask(sample: Sample, image_shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """The ground-truth mask at ``size`` as float32 ``[1, H, W]`` in {0, 1}.
+
+    The mask is resized as a float and thresholded at 0.5, so edges are neither eroded nor dilated.
+    A mask whose size differs from its image's is an error that names the file.
+    """
+    if sample.mask is None:
+        return np.zeros((1, *size), dtype=np.float32)
+    if isinstance(sample.mask, np.ndarray):
+        mask = sample.mask.astype(np.float32)
+        source = sample.name or "in-memory mask"
+    else:
+        mask_path = Path(sample.mask)
+        mask = cv2.imdecode(np.fromfile(str(mask_path), dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
+        if mask is None:
+            raise InspectorError(f"{mask_path}: mask is not a readable image; replace or remove it")
+        mask = (mask > 127).astype(np.float32)
+        source = str(mask_path)
+    if mask.shape[:2] != tuple(image_shape):
+        raise InspectorError(
+            f"{source}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
+            f"{image_shape[1]}x{image_shape[0]}; masks must match their images"
+        )
+    resized = resize_image(mask, size)
+    return (resized >= 0.5).astype(np.float32)[None, :, :]
+
+
+class ImageDataset(Dataset):
+    """Model-ready samples: ``image`` float32 ``[C, H, W]`` in [0, 1], ``label``, ``mask`` ``[1, H, W]``."""
+
+    def __init__(self, samples: list[Sample], input_size: tuple[int, int], channels: int) -> None:
+        self.samples = samples
+        self.input_size = (int(input_size[0]), int(input_size[1]))
+        self.channels = channels
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_uint8(self, index: int) -> np.ndarray:
+        """The image at the input size, RGB ``uint8`` ``[H, W, 3]`` (what anomaly synthesis works on)."""
+        return resize_image(load_rgb(self.samples[index]), self.input_size)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
+        sample = self.samples[index]
+        rgb = load_rgb(sample)
+        image = to_model_input(rgb, self.input_size, self.channels)
+        mask = load_mask(sample, rgb.shape[:2], self.input_size)
+        return {
+            "image": torch.from_numpy(image),
+            "label": int(sample.label),
+            "mask": torch.from_numpy(mask),
+            "index": index,
+        }
