@@ -65,12 +65,13 @@ class RegionGrid:
         if not self.mask.any():
             return []
         count, labels, stats, _ = cv2.connectedComponentsWithStats(self.mask.astype(np.uint8), connectivity=8)
+        peaks = np.zeros(count, np.float32)
+        np.maximum.at(peaks, labels[self.mask], self.anomaly_map[self.mask])
         height, width = self.image_size
         regions = []
         for index in range(1, count):
             x, y, w, h, area = (int(v) for v in stats[index])
-            inside = labels[y:y + h, x:x + w] == index
-            peak = float(self.anomaly_map[y:y + h, x:x + w][inside].max())
+            peak = float(peaks[index])
             left, top = math.floor(x * self.scale_x), math.floor(y * self.scale_y)
             right = min(width, math.ceil((x + w) * self.scale_x))
             bottom = min(height, math.ceil((y + h) * self.scale_y))

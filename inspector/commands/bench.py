@@ -51,5 +51,7 @@ def bench_command(model_path: str, images: Path | None, count: int, repeats: int
     click.echo(f"model only (onnxruntime): {result['model_only_median']:8.1f} images/s")
     click.echo(f"end to end (inspect):     {result['end_to_end_median']:8.1f} images/s")
     click.echo(f"ratio:                    {result['ratio']:8.0%}")
+    click.echo(f"CPU per image: model {result['model_only_cpu_ms_per_image']:.1f} ms, end to end "
+               f"{result['end_to_end_cpu_ms_per_image']:.1f} ms (ratio {result['cpu_ratio']:.0%})")
     if json_path:
         json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
