@@ -27,13 +27,13 @@ import onnxruntime as ort
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from inspector.artifact import INPUT_NAME, MAP_OUTPUT, METADATA_KEY, SCORE_OUTPUT, ModelMetadata  # noqa: E402
-from inspector.calibration import Calibration  # noqa: E402
-from inspector.preprocess import prepare_batch, read_image  # noqa: E402
-from runtime.bench import benchmark, write_sample_images  # noqa: E402
-from runtime.folder import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, list_images  # noqa: E402
-from runtime.scoring import Scorer  # noqa: E402
-from runtime.session import load_model  # noqa: E402
+from inspector.artifact import INPUT_NAME, MAP_OUTPUT, METADATA_KEY, SCORE_OUTPUT, ModelMetadata
+from inspector.calibration import Calibration
+from inspector.preprocess import prepare_batch, read_image
+from runtime.bench import benchmark, write_sample_images
+from runtime.folder import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, list_images
+from runtime.scoring import Scorer
+from runtime.session import load_model
 
 
 def conv_model_bytes(size: int = 256, width: int = 40, seed: int = 0) -> bytes:
@@ -45,10 +45,22 @@ def conv_model_bytes(size: int = 256, width: int = 40, seed: int = 0) -> bytes:
 
     def conv(name: str, source: str, c_in: int, c_out: int, stride: int = 1, relu: bool = True) -> str:
         kernel = rng.normal(0, np.sqrt(2.0 / (9 * c_in)), (c_out, c_in, 3, 3)).astype(np.float32)
-        weights.extend([numpy_helper.from_array(kernel, f"{name}.w"),
-                        numpy_helper.from_array(np.zeros(c_out, np.float32), f"{name}.b")])
-        nodes.append(helper.make_node("Conv", [source, f"{name}.w", f"{name}.b"], [f"{name}.c"],
-                                      kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[stride, stride]))
+        weights.extend(
+            [
+                numpy_helper.from_array(kernel, f"{name}.w"),
+                numpy_helper.from_array(np.zeros(c_out, np.float32), f"{name}.b"),
+            ]
+        )
+        nodes.append(
+            helper.make_node(
+                "Conv",
+                [source, f"{name}.w", f"{name}.b"],
+                [f"{name}.c"],
+                kernel_shape=[3, 3],
+                pads=[1, 1, 1, 1],
+                strides=[stride, stride],
+            )
+        )
         if not relu:
             return f"{name}.c"
         nodes.append(helper.make_node("Relu", [f"{name}.c"], [name]))
@@ -67,14 +79,25 @@ def conv_model_bytes(size: int = 256, width: int = 40, seed: int = 0) -> bytes:
     nodes.append(helper.make_node("Concat", [d2, e2], ["cat2"], axis=1))
     d1 = conv("d1", upsample("u1", conv("d2b", "cat2", 2 * w, w)), w, w // 2)
     nodes.append(helper.make_node("Sigmoid", [conv("head", d1, w // 2, 1, relu=False)], [MAP_OUTPUT]))
-    nodes.append(helper.make_node("AveragePool", [MAP_OUTPUT], ["smoothed"], kernel_shape=[21, 21],
-                                  pads=[10, 10, 10, 10], count_include_pad=0))
+    nodes.append(
+        helper.make_node(
+            "AveragePool",
+            [MAP_OUTPUT],
+            ["smoothed"],
+            kernel_shape=[21, 21],
+            pads=[10, 10, 10, 10],
+            count_include_pad=0,
+        )
+    )
     nodes.append(helper.make_node("ReduceMax", ["smoothed"], [SCORE_OUTPUT], axes=[1, 2, 3], keepdims=0))
     graph = helper.make_graph(
-        nodes, "conv-benchmark",
+        nodes,
+        "conv-benchmark",
         [helper.make_tensor_value_info(INPUT_NAME, TensorProto.FLOAT, ["N", 3, size, size])],
-        [helper.make_tensor_value_info(SCORE_OUTPUT, TensorProto.FLOAT, ["N"]),
-         helper.make_tensor_value_info(MAP_OUTPUT, TensorProto.FLOAT, ["N", 1, size, size])],
+        [
+            helper.make_tensor_value_info(SCORE_OUTPUT, TensorProto.FLOAT, ["N"]),
+            helper.make_tensor_value_info(MAP_OUTPUT, TensorProto.FLOAT, ["N", 1, size, size]),
+        ],
         initializer=weights,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
@@ -100,8 +123,10 @@ def gflop_per_image(onnx_bytes: bytes) -> float:
     model = onnx.load_from_string(onnx_bytes)
     model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
     model = onnx.shape_inference.infer_shapes(model)
-    shapes = {value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
-              for value in [*model.graph.value_info, *model.graph.output, *model.graph.input]}
+    shapes = {
+        value.name: [d.dim_value for d in value.type.tensor_type.shape.dim]
+        for value in [*model.graph.value_info, *model.graph.output, *model.graph.input]
+    }
     initializers = {tensor.name: list(tensor.dims) for tensor in model.graph.initializer}
     total = 0.0
     for node in model.graph.node:
@@ -113,7 +138,9 @@ def gflop_per_image(onnx_bytes: bytes) -> float:
                 total += 2.0 * np.prod(out[1:]) * kernel[1] * np.prod(kernel[2:]) if out else 0.0
             else:
                 source = shapes.get(node.input[0])
-                total += 2.0 * np.prod(source[1:]) * kernel[1] * np.prod(kernel[2:]) / groups if source else 0.0
+                total += (
+                    2.0 * np.prod(source[1:]) * kernel[1] * np.prod(kernel[2:]) / groups if source else 0.0
+                )
         elif node.op_type in ("Gemm", "MatMul") and node.input[1] in initializers:
             weight = initializers[node.input[1]]
             total += 2.0 * float(np.prod(weight))
@@ -123,21 +150,31 @@ def gflop_per_image(onnx_bytes: bytes) -> float:
 def quantile_calibration(onnx_bytes: bytes, images: list[np.ndarray], size: int) -> Calibration:
     """Thresholds at the 75th percentile of image scores and the 99th of pixels (untrained weights)."""
     session = ort.InferenceSession(onnx_bytes, providers=["CPUExecutionProvider"])
-    scores, maps = session.run([SCORE_OUTPUT, MAP_OUTPUT], {INPUT_NAME: prepare_batch(images, (size, size), 3)})
+    scores, maps = session.run(
+        [SCORE_OUTPUT, MAP_OUTPUT], {INPUT_NAME: prepare_batch(images, (size, size), 3)}
+    )
     return Calibration(
-        image_threshold=float(np.quantile(scores, 0.75)), pixel_threshold=float(np.quantile(maps, 0.99)),
-        image_min=float(scores.min()), image_max=float(scores.max()),
-        pixel_min=float(maps.min()), pixel_max=float(maps.max()),
-        method="quantile", target=0.25, data={"note": "benchmark only: untrained weights, benchmark images"},
+        image_threshold=float(np.quantile(scores, 0.75)),
+        pixel_threshold=float(np.quantile(maps, 0.99)),
+        image_min=float(scores.min()),
+        image_max=float(scores.max()),
+        pixel_min=float(maps.min()),
+        pixel_max=float(maps.max()),
+        method="quantile",
+        target=0.25,
+        data={"note": "benchmark only: untrained weights, benchmark images"},
     )
 
 
-def write_with_metadata(onnx_bytes: bytes, path: Path, detector: str, size: int, calibration: Calibration) -> Path:
+def write_with_metadata(
+    onnx_bytes: bytes, path: Path, detector: str, size: int, calibration: Calibration
+) -> Path:
     import onnx
 
     model = onnx.load_from_string(onnx_bytes)
-    metadata = ModelMetadata.from_calibration(detector, (size, size), 3, calibration,
-                                              trained_on={"dataset": "none (untrained weights, benchmark)"})
+    metadata = ModelMetadata.from_calibration(
+        detector, (size, size), 3, calibration, trained_on={"dataset": "none (untrained weights, benchmark)"}
+    )
     model.metadata_props.append(onnx.StringStringEntryProto(key=METADATA_KEY, value=metadata.to_json()))
     onnx.save(model, str(path))
     return path
@@ -146,7 +183,9 @@ def write_with_metadata(onnx_bytes: bytes, path: Path, detector: str, size: int,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="exported model.onnx to measure")
-    parser.add_argument("--detector", help="instead: a registry detector with untrained weights (needs torch)")
+    parser.add_argument(
+        "--detector", help="instead: a registry detector with untrained weights (needs torch)"
+    )
     parser.add_argument("--detector-options", default="{}", help="JSON options of --detector (e.g. widths)")
     parser.add_argument("--size", type=int, default=256, help="input size of a generated or --detector model")
     parser.add_argument("--images", help="folder of images (default: generated at the model's input size)")
@@ -177,21 +216,38 @@ def main() -> None:
             decoded = [read_image(path) for _, path in list_images(images)[:32]]
             calibration = quantile_calibration(onnx_bytes, decoded, args.size)
             model_path = write_with_metadata(onnx_bytes, scratch / "model.onnx", name, args.size, calibration)
-            description = (f"{name} {args.detector_options if args.detector else ''} untrained, "
-                           f"{args.size}x{args.size}, {gflop:.1f} GFLOP/image").replace("  ", " ")
+            description = (
+                f"{name} {args.detector_options if args.detector else ''} untrained, "
+                f"{args.size}x{args.size}, {gflop:.1f} GFLOP/image"
+            ).replace("  ", " ")
         scorer = Scorer(load_model(model_path, device="cpu", threads=args.threads))
-        result = benchmark(scorer, images=images, count=args.count, repeats=args.repeats,
-                           batch_size=args.batch_size, workers=args.workers, save=args.save)
-    result.update(model=description, gflop_per_image=round(gflop, 2) if gflop else None, cpu_cores=os.cpu_count(),
-                  generated_images=not args.images)
+        result = benchmark(
+            scorer,
+            images=images,
+            count=args.count,
+            repeats=args.repeats,
+            batch_size=args.batch_size,
+            workers=args.workers,
+            save=args.save,
+        )
+    result.update(
+        model=description,
+        gflop_per_image=round(gflop, 2) if gflop else None,
+        cpu_cores=os.cpu_count(),
+        generated_images=not args.images,
+    )
     height, width = result["image_sizes"][0]
     result["load_average_after"] = [round(v, 2) for v in os.getloadavg()]  # other programs on the machine
-    print("| model | images | model-only (img/s) | end-to-end inspect (img/s) | ratio | CPU ms/img model, "
-          "end-to-end (ratio) |")
+    print(
+        "| model | images | model-only (img/s) | end-to-end inspect (img/s) | ratio | CPU ms/img model, "
+        "end-to-end (ratio) |"
+    )
     print("|---|---|---|---|---|---|")
-    print(f"| {result['model']} | {result['images']} x {width}x{height} | {result['model_only_median']:.1f} "
-          f"| {result['end_to_end_median']:.1f} | {result['ratio']:.0%} | {result['model_only_cpu_ms_per_image']:.1f}, "
-          f"{result['end_to_end_cpu_ms_per_image']:.1f} ({result['cpu_ratio']:.0%}) |")
+    print(
+        f"| {result['model']} | {result['images']} x {width}x{height} | {result['model_only_median']:.1f} "
+        f"| {result['end_to_end_median']:.1f} | {result['ratio']:.0%} | {result['model_only_cpu_ms_per_image']:.1f}, "
+        f"{result['end_to_end_cpu_ms_per_image']:.1f} ({result['cpu_ratio']:.0%}) |"
+    )
     print(json.dumps(result, indent=2))
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -57,19 +57,23 @@ def model_only_throughput(scorer: Scorer, batches: list[np.ndarray]) -> Measurem
     started, cpu_started = time.perf_counter(), time.process_time()
     for batch in batches:
         scorer.infer(batch)
-    return Measurement(images / (time.perf_counter() - started),
-                       (time.process_time() - cpu_started) * 1000.0 / images)
+    return Measurement(
+        images / (time.perf_counter() - started), (time.process_time() - cpu_started) * 1000.0 / images
+    )
 
 
-def end_to_end_throughput(folder: Path, scorer: Scorer, out_dir: Path, batch_size: int, workers: int,
-                          save: str = "all") -> Measurement:
+def end_to_end_throughput(
+    folder: Path, scorer: Scorer, out_dir: Path, batch_size: int, workers: int, save: str = "all"
+) -> Measurement:
     """A whole `inspect` run of ``folder``: listing, decoding, inference, regions, overlays, reports."""
     started, cpu_started = time.perf_counter(), time.process_time()
-    summary = inspect_folder(folder, scorer, out_dir, force=True, batch_size=batch_size, workers=workers,
-                             save=save)
+    summary = inspect_folder(
+        folder, scorer, out_dir, force=True, batch_size=batch_size, workers=workers, save=save
+    )
     images = summary["this_run"]["images"]
-    return Measurement(images / (time.perf_counter() - started),
-                       (time.process_time() - cpu_started) * 1000.0 / images)
+    return Measurement(
+        images / (time.perf_counter() - started), (time.process_time() - cpu_started) * 1000.0 / images
+    )
 
 
 def benchmark(
@@ -92,14 +96,16 @@ def benchmark(
             write_sample_images(folder, count, scorer.session.input_size)
         paths = [path for _, path in list_images(folder)]
         decoded = [read_image(path) for path in paths]
-        batches = [scorer.prepare(decoded[i:i + batch_size]) for i in range(0, len(decoded), batch_size)]
+        batches = [scorer.prepare(decoded[i : i + batch_size]) for i in range(0, len(decoded), batch_size)]
         sizes = sorted({(image.shape[0], image.shape[1]) for image in decoded})
         del decoded
         model_only_throughput(scorer, batches[:1])  # warm-up: first-run allocations are not the model's speed
         model_only, end_to_end = [], []
         for _ in range(repeats):
             model_only.append(model_only_throughput(scorer, batches))
-            end_to_end.append(end_to_end_throughput(folder, scorer, scratch / "out", batch_size, workers, save))
+            end_to_end.append(
+                end_to_end_throughput(folder, scorer, scratch / "out", batch_size, workers, save)
+            )
     model_median = statistics.median(m.images_per_second for m in model_only)
     e2e_median = statistics.median(m.images_per_second for m in end_to_end)
     model_cpu = statistics.median(m.cpu_ms_per_image for m in model_only)

@@ -11,10 +11,11 @@ import json
 import os
 import time
 from collections import deque
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -47,7 +48,9 @@ class _Batch:
     readable: list[_Item] = field(default_factory=list)
 
 
-def list_images(folder: str | Path, recursive: bool = False, exclude: Path | None = None) -> list[tuple[str, Path]]:
+def list_images(
+    folder: str | Path, recursive: bool = False, exclude: Path | None = None
+) -> list[tuple[str, Path]]:
     """The image-named entries under ``folder`` as (report key, path), sorted; a file is its own list.
 
     Non-recursively, a directory named like an image is listed too (the report then says it is a directory);
@@ -130,8 +133,19 @@ def inspect_folder(
         raise
     finally:
         report.close()
-        summary = _summary(folder, out_dir, scorer, records, len(images), len(report.previous), run,
-                           time.perf_counter() - started, batch_size, workers, interrupted)
+        summary = _summary(
+            folder,
+            out_dir,
+            scorer,
+            records,
+            len(images),
+            len(report.previous),
+            run,
+            time.perf_counter() - started,
+            batch_size,
+            workers,
+            interrupted,
+        )
         _write_json(out_dir / SUMMARY_NAME, summary)
     return summary
 
@@ -146,9 +160,16 @@ class _Run:
     model_seconds: float = 0.0
 
 
-def _pipeline(todo: Sequence[tuple[str, Path]], run: _Run, report: Report, records: list[dict[str, Any]],
-              batch_size: int, workers: int, on_record: Callable[[dict[str, Any]], None] | None) -> None:
-    chunks = [todo[i:i + batch_size] for i in range(0, len(todo), batch_size)]
+def _pipeline(
+    todo: Sequence[tuple[str, Path]],
+    run: _Run,
+    report: Report,
+    records: list[dict[str, Any]],
+    batch_size: int,
+    workers: int,
+    on_record: Callable[[dict[str, Any]], None] | None,
+) -> None:
+    chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
     prefetch = workers + 1  # enough decoded batches queued that the model never waits on a worker
     loads: deque[Future[_Batch]] = deque()
     finishing: deque[Future[dict[str, Any]]] = deque()
@@ -256,16 +277,27 @@ def _finish(item: _Item, raw_score: float, raw_map: np.ndarray, run: _Run) -> di
 
 
 def _unreadable_record(item: _Item) -> dict[str, Any]:
-    return {"path": item.key, "status": "unreadable", "label": None, "score": None, "raw_score": None,
-            "width": None, "height": None, "regions": [], "time_ms": round(item.seconds * 1000.0, 2),
-            "overlay": None, "mask": None, "error": item.error}
+    return {
+        "path": item.key,
+        "status": "unreadable",
+        "label": None,
+        "score": None,
+        "raw_score": None,
+        "width": None,
+        "height": None,
+        "regions": [],
+        "time_ms": round(item.seconds * 1000.0, 2),
+        "overlay": None,
+        "mask": None,
+        "error": item.error,
+    }
 
 
 def _reason(error: Exception, path: Path) -> str:
     # The error names the file; the report row already does, so keep only the reason.
     text = str(error)
     prefix = f"{path}: "
-    return text[len(prefix):] if text.startswith(prefix) else text
+    return text.removeprefix(prefix)
 
 
 def _done(value: dict[str, Any]) -> Future[dict[str, Any]]:
@@ -274,9 +306,19 @@ def _done(value: dict[str, Any]) -> Future[dict[str, Any]]:
     return future
 
 
-def _summary(folder: Path, out_dir: Path, scorer: Scorer, records: list[dict[str, Any]], listed: int,
-             resumed: int, run: _Run, seconds: float, batch_size: int, workers: int,
-             interrupted: bool) -> dict[str, Any]:
+def _summary(
+    folder: Path,
+    out_dir: Path,
+    scorer: Scorer,
+    records: list[dict[str, Any]],
+    listed: int,
+    resumed: int,
+    run: _Run,
+    seconds: float,
+    batch_size: int,
+    workers: int,
+    interrupted: bool,
+) -> dict[str, Any]:
     scored = [r for r in records if r["status"] == "ok"]
     anomalous = sum(1 for r in scored if r["label"] == "anomalous")
     this_run = records[resumed:]

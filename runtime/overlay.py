@@ -31,14 +31,19 @@ def render_overlay(image_rgb: np.ndarray, inspection: Inspection, pixel_threshol
         (x, y, width, height), heat = visible
         alpha = np.clip((heat - start) * (MAX_ALPHA / max(pixel_threshold - start, 1e-6)), 0.0, MAX_ALPHA)
         colored = cv2.applyColorMap((np.clip(heat, 0.0, 1.0) * 255.0).astype(np.uint8), COLORMAP)
-        region = image_bgr[y:y + height, x:x + width]
-        region[:] = cv2.blendLinear(region, colored, (1.0 - alpha).astype(np.float32), alpha.astype(np.float32))
+        region = image_bgr[y : y + height, x : x + width]
+        region[:] = cv2.blendLinear(
+            region, colored, (1.0 - alpha).astype(np.float32), alpha.astype(np.float32)
+        )
     thickness = max(1, round(min(image_bgr.shape[:2]) / 300))
     contours = inspection.defect_contours()
     if contours:
         cv2.drawContours(image_bgr, contours, -1, CONTOUR_BGR, thickness, lineType=cv2.LINE_AA)
-    draw_badge(image_bgr, f"{inspection.label.upper()} {inspection.score:.2f}",
-               ANOMALOUS_BGR if inspection.anomalous else NORMAL_BGR)
+    draw_badge(
+        image_bgr,
+        f"{inspection.label.upper()} {inspection.score:.2f}",
+        ANOMALOUS_BGR if inspection.anomalous else NORMAL_BGR,
+    )
     return image_bgr
 
 
@@ -51,8 +56,16 @@ def draw_badge(image_bgr: np.ndarray, text: str, color: tuple[int, int, int], ro
     top = row * (text_height + baseline + 2 * pad)
     bottom = top + text_height + baseline + 2 * pad
     cv2.rectangle(image_bgr, (0, top), (text_width + 2 * pad, bottom), color, cv2.FILLED)
-    cv2.putText(image_bgr, text, (pad, bottom - baseline - pad), cv2.FONT_HERSHEY_SIMPLEX, scale,
-                (255, 255, 255), thickness, cv2.LINE_AA)
+    cv2.putText(
+        image_bgr,
+        text,
+        (pad, bottom - baseline - pad),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        (255, 255, 255),
+        thickness,
+        cv2.LINE_AA,
+    )
 
 
 def render_mask(inspection: Inspection) -> np.ndarray:

@@ -11,15 +11,29 @@ import csv
 import io
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from inspector.errors import InspectorError
 
 CSV_NAME = "report.csv"
 JSONL_NAME = "report.jsonl"
-CSV_COLUMNS = ("path", "status", "label", "score", "raw_score", "width", "height", "n_regions", "regions",
-               "time_ms", "overlay", "mask", "error")
+CSV_COLUMNS = (
+    "path",
+    "status",
+    "label",
+    "score",
+    "raw_score",
+    "width",
+    "height",
+    "n_regions",
+    "regions",
+    "time_ms",
+    "overlay",
+    "mask",
+    "error",
+)
 
 
 class Report:
@@ -40,9 +54,12 @@ class Report:
             self.previous = {record["path"]: record for record in read_records(self.jsonl_path)}
         # Rewriting from the intact records repairs a torn line and brings the CSV in step with the JSONL.
         _write_atomically(self.jsonl_path, "".join(_jsonl_line(r) for r in self.previous.values()))
-        _write_atomically(self.csv_path, _csv_lines([_csv_row(None)] + [_csv_row(r) for r in self.previous.values()]))
-        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8", newline="")
-        self._csv = open(self.csv_path, "a", encoding="utf-8", newline="")
+        _write_atomically(
+            self.csv_path, _csv_lines([_csv_row(None)] + [_csv_row(r) for r in self.previous.values()])
+        )
+        # Held open for the whole run (closed by close()): one flushed append per image.
+        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+        self._csv = open(self.csv_path, "a", encoding="utf-8", newline="")  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:
         """Append one image's record to both files and flush them."""
@@ -57,12 +74,6 @@ class Report:
                 handle.flush()
                 os.fsync(handle.fileno())
                 handle.close()
-
-    def __enter__(self) -> "Report":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

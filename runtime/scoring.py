@@ -7,8 +7,9 @@ higher value flags fewer images, a lower one more. Raw scores are always reporte
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import cv2
 import numpy as np
@@ -35,8 +36,14 @@ class DefectRegion:
     peak: float
 
     def to_dict(self) -> dict[str, Any]:
-        return {"x": self.x, "y": self.y, "width": self.width, "height": self.height, "area": self.area,
-                "peak": round(self.peak, 4)}
+        return {
+            "x": self.x,
+            "y": self.y,
+            "width": self.width,
+            "height": self.height,
+            "area": self.area,
+            "peak": round(self.peak, 4),
+        }
 
 
 @dataclass
@@ -53,7 +60,9 @@ class RegionGrid:
     image_size: tuple[int, int]
 
     @classmethod
-    def build(cls, anomaly_map: np.ndarray, image_size: tuple[int, int], pixel_threshold: float) -> "RegionGrid":
+    def build(
+        cls, anomaly_map: np.ndarray, image_size: tuple[int, int], pixel_threshold: float
+    ) -> RegionGrid:
         height, width = image_size
         shrink = min(1.0, math.sqrt(MAX_GRID_PIXELS / float(height * width)))
         grid_height, grid_width = max(1, round(height * shrink)), max(1, round(width * shrink))
@@ -75,8 +84,11 @@ class RegionGrid:
             left, top = math.floor(x * self.scale_x), math.floor(y * self.scale_y)
             right = min(width, math.ceil((x + w) * self.scale_x))
             bottom = min(height, math.ceil((y + h) * self.scale_y))
-            regions.append(DefectRegion(left, top, right - left, bottom - top,
-                                        round(area * self.scale_x * self.scale_y), peak))
+            regions.append(
+                DefectRegion(
+                    left, top, right - left, bottom - top, round(area * self.scale_x * self.scale_y), peak
+                )
+            )
         regions.sort(key=lambda region: region.area, reverse=True)
         return regions
 
@@ -141,10 +153,16 @@ class Inspection:
         if self._full_map is not None:
             return window, self._full_map[top:bottom, left:right]
         # The affine map of cv2.resize's INTER_LINEAR sampling (pixel centres), offset to the window.
-        to_map = np.float32([[1 / scale_x, 0, (left + 0.5) / scale_x - 0.5],
-                             [0, 1 / scale_y, (top + 0.5) / scale_y - 0.5]])
-        values = cv2.warpAffine(self.anomaly_map, to_map, (right - left, bottom - top),
-                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REPLICATE)
+        to_map = np.float32(
+            [[1 / scale_x, 0, (left + 0.5) / scale_x - 0.5], [0, 1 / scale_y, (top + 0.5) / scale_y - 0.5]]
+        )
+        values = cv2.warpAffine(
+            self.anomaly_map,
+            to_map,
+            (right - left, bottom - top),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_REPLICATE,
+        )
         return window, values
 
     def defect_mask(self) -> np.ndarray:
@@ -177,8 +195,9 @@ class Scorer:
         >>> inspection = scorer.score([read_image("part.png")])[0]
     """
 
-    def __init__(self, session: ModelSession, image_threshold: float = CALIBRATED,
-                 pixel_threshold: float = CALIBRATED):
+    def __init__(
+        self, session: ModelSession, image_threshold: float = CALIBRATED, pixel_threshold: float = CALIBRATED
+    ):
         self.session = session
         self.calibration = session.calibration
         self.image_threshold = check_threshold(image_threshold, "--threshold")

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import onnxruntime as ort
@@ -40,8 +40,13 @@ PROVIDERS = {
 # `auto` takes the first of these that this onnxruntime build offers.
 AUTO_ORDER = ("cuda", "coreml", "cpu")
 # Providers that a requested one is stacked on, so that operators it cannot run still have a home.
-_STACK = {"tensorrt": ("tensorrt", "cuda", "cpu"), "cuda": ("cuda", "cpu"), "coreml": ("coreml", "cpu"),
-          "openvino": ("openvino", "cpu"), "cpu": ("cpu",)}
+_STACK = {
+    "tensorrt": ("tensorrt", "cuda", "cpu"),
+    "cuda": ("cuda", "cpu"),
+    "coreml": ("coreml", "cpu"),
+    "openvino": ("openvino", "cpu"),
+    "cpu": ("cpu",),
+}
 
 
 def choose_providers(
@@ -135,7 +140,9 @@ def load_model(
     path = Path(path)
     warn = warn or _warn
     if not path.is_file():
-        raise InspectorError(f"{path}: model file not found; export one with `inspector export RUN_DIR --onnx`")
+        raise InspectorError(
+            f"{path}: model file not found; export one with `inspector export RUN_DIR --onnx`"
+        )
     providers, warning = choose_providers(device, ort.get_available_providers(), strict_device)
     if warning:
         warn(warning)
@@ -147,7 +154,7 @@ def load_model(
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
         session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
-    except Exception as error:  # onnxruntime raises its own exception types for unreadable models
+    except Exception as error:  # noqa: BLE001 - onnxruntime's own exception types derive from Exception only
         raise InspectorError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
     metadata = ModelMetadata.from_json(
         session.get_modelmeta().custom_metadata_map.get(METADATA_KEY), source=str(path)

@@ -11,9 +11,9 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import cv2
 import numpy as np
@@ -66,8 +66,12 @@ class CaptureSource(Source):
 
     def open(self) -> None:
         if isinstance(self.target, str) and "://" in self.target:
-            params = [cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, STREAM_TIMEOUT_MS, cv2.CAP_PROP_READ_TIMEOUT_MSEC,
-                      STREAM_TIMEOUT_MS]
+            params = [
+                cv2.CAP_PROP_OPEN_TIMEOUT_MSEC,
+                STREAM_TIMEOUT_MS,
+                cv2.CAP_PROP_READ_TIMEOUT_MSEC,
+                STREAM_TIMEOUT_MS,
+            ]
             capture = cv2.VideoCapture(self.target, cv2.CAP_ANY, params)
         else:
             capture = cv2.VideoCapture(self.target)
@@ -151,8 +155,13 @@ class FrameReader:
     at its own frame rate, like a camera. Live sources that stop delivering are reopened with backoff.
     """
 
-    def __init__(self, source: Source, newest_only: bool, pace: bool = False,
-                 notify: Callable[[str], None] | None = None):
+    def __init__(
+        self,
+        source: Source,
+        newest_only: bool,
+        pace: bool = False,
+        notify: Callable[[str], None] | None = None,
+    ):
         self.source = source
         self.newest_only = newest_only
         self.pace = pace
@@ -167,7 +176,7 @@ class FrameReader:
         self._changed = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="capture", daemon=True)
 
-    def start(self) -> "FrameReader":
+    def start(self) -> FrameReader:
         """Open the source (errors surface here, in the caller's thread) and start capturing."""
         self.source.open()
         self._thread.start()
@@ -176,7 +185,9 @@ class FrameReader:
     def next(self, timeout: float | None = None) -> Frame | None:
         """The newest frame not yet taken; None when the source ended, the reader stopped, or on timeout."""
         with self._changed:
-            self._changed.wait_for(lambda: self._slot is not None or self.ended or self._stop.is_set(), timeout)
+            self._changed.wait_for(
+                lambda: self._slot is not None or self.ended or self._stop.is_set(), timeout
+            )
             frame, self._slot = self._slot, None
             self._changed.notify_all()
             return frame
@@ -207,7 +218,7 @@ class FrameReader:
                     self._stop.wait(max(0.0, due - time.monotonic()))
                 self._hand_over(Frame(image, self.frames_read, time.monotonic()))
                 self.frames_read += 1
-        except Exception as error:  # a crashed capture thread must still end the run, not hang it
+        except Exception as error:  # noqa: BLE001 - a crashed capture thread must end the run, not hang it
             self.notify(f"{self.source.name}: capture failed ({error}); stopping")
         finally:
             with self._changed:

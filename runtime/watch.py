@@ -10,12 +10,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import cv2
 import numpy as np
@@ -62,8 +64,9 @@ def watch(
     stop = stop or threading.Event()
     if not headless:
         _open_window()
-    reader = FrameReader(source, newest_only=source.live or realtime, pace=realtime and not source.live,
-                         notify=notify)
+    reader = FrameReader(
+        source, newest_only=source.live or realtime, pace=realtime and not source.live, notify=notify
+    )
     stats = _Stats()
     recorder: _Recorder | None = _Recorder(Path(record), source.fps) if record else None
     ended_by = "end of source"
@@ -91,8 +94,12 @@ def watch(
                     overlay_name = f"anomalies/frame_{frame.index:07d}.jpg"
                     write_image(out_dir / overlay_name, overlay)
                 if events == "all" or inspection.anomalous:
-                    event_log.write(json.dumps(_event(source, frame.index, inspection, latency, overlay_name),
-                                               ensure_ascii=False) + "\n")
+                    event_log.write(
+                        json.dumps(
+                            _event(source, frame.index, inspection, latency, overlay_name), ensure_ascii=False
+                        )
+                        + "\n"
+                    )
                     event_log.flush()
                 if not headless:
                     cv2.imshow(WINDOW_TITLE, overlay)
@@ -117,7 +124,9 @@ def watch(
     return summary
 
 
-def _event(source: Source, index: int, inspection: Inspection, latency: float, overlay: str | None) -> dict[str, Any]:
+def _event(
+    source: Source, index: int, inspection: Inspection, latency: float, overlay: str | None
+) -> dict[str, Any]:
     return {
         "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
         "source": source.name,
@@ -162,9 +171,11 @@ class _Stats:
             "reconnects": reader.reconnects,
             "seconds": round(seconds, 3),
             "fps": round(self.scored / seconds, 2) if seconds > 0 else None,
-            "latency_ms": {"median": round(float(np.median(latencies)), 1),
-                           "p95": round(float(np.percentile(latencies, 95)), 1),
-                           "max": round(float(latencies.max()), 1)},
+            "latency_ms": {
+                "median": round(float(np.median(latencies)), 1),
+                "p95": round(float(np.percentile(latencies, 95)), 1),
+                "max": round(float(latencies.max()), 1),
+            },
             "recording": str(record) if record else None,
         }
 
@@ -181,8 +192,9 @@ class _Recorder:
         if self._writer is None:
             fourcc = "MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = cv2.VideoWriter(str(self.path), cv2.VideoWriter_fourcc(*fourcc), self.fps,
-                                           (image.shape[1], image.shape[0]))
+            self._writer = cv2.VideoWriter(
+                str(self.path), cv2.VideoWriter_fourcc(*fourcc), self.fps, (image.shape[1], image.shape[0])
+            )
             if not self._writer.isOpened():
                 raise InspectorError(f"{self.path}: cannot write a video here (use .mp4 or .avi)")
         self._writer.write(image)
@@ -193,11 +205,20 @@ class _Recorder:
 
 
 def _open_window() -> None:
+    # Without a display, OpenCV's Qt/GTK backends abort the whole process instead of raising: check first.
+    if sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    ):
+        raise InspectorError(
+            "no display here (DISPLAY is not set); use --headless to write events and "
+            "overlays without a window"
+        )
     try:
         cv2.namedWindow(WINDOW_TITLE, cv2.WINDOW_NORMAL)
     except cv2.error:
-        raise InspectorError("cannot open a window here (no display, or OpenCV built without GUI); "
-                             "use --headless") from None
+        raise InspectorError(
+            "cannot open a window here (no display, or OpenCV built without GUI); use --headless"
+        ) from None
 
 
 @contextmanager

@@ -18,7 +18,7 @@ def part(height: int, width: int, spot: tuple[int, int, int, int] | None = None)
     image = np.full((height, width, 3), BACKGROUND, np.uint8)
     if spot:
         x, y, w, h = spot
-        image[y:y + h, x:x + w] = SPOT
+        image[y : y + h, x : x + w] = SPOT
     return image
 
 
@@ -36,7 +36,9 @@ def write_exif_rotated_jpeg(path: Path, stored_rgb: np.ndarray, orientation: int
 
     Orientation 6 means "rotate 90° clockwise to display".
     """
-    ok, encoded = cv2.imencode(".jpg", np.ascontiguousarray(stored_rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    ok, encoded = cv2.imencode(
+        ".jpg", np.ascontiguousarray(stored_rgb[:, :, ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 95]
+    )
     assert ok
     jpeg = encoded.tobytes()
     # Big-endian TIFF header, one IFD entry: tag 0x0112 (Orientation), type SHORT, count 1, value.
@@ -53,25 +55,43 @@ def write_palette_png(path: Path, gray: np.ndarray) -> Path:
     height, width = gray.shape
 
     def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        return (
+            struct.pack(">I", len(data))
+            + kind
+            + data
+            + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+        )
 
     header = struct.pack(">IIBBBBB", width, height, 8, 3, 0, 0, 0)
     palette = bytes(value for level in range(256) for value in (level, level, level))
     rows = b"".join(b"\x00" + gray[row].astype(np.uint8).tobytes() for row in range(height))
-    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"PLTE", palette)
-                           + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b""))
+    Path(path).write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"PLTE", palette)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
     return Path(path)
 
 
-def write_video(path: Path, frames: int, size: tuple[int, int] = (96, 128), fps: float = 20.0,
-                defect_frames: range | None = None) -> Path:
+def write_video(
+    path: Path,
+    frames: int,
+    size: tuple[int, int] = (96, 128),
+    fps: float = 20.0,
+    defect_frames: range | None = None,
+) -> Path:
     """An MJPG .avi of gray frames; ``defect_frames`` carry a white square in the right half."""
     height, width = size
     writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
     assert writer.isOpened()
     for index in range(frames):
-        spot = (width * 5 // 8, height // 4, width // 4, height // 3) if defect_frames and index in defect_frames \
+        spot = (
+            (width * 5 // 8, height // 4, width // 4, height // 3)
+            if defect_frames and index in defect_frames
             else None
+        )
         writer.write(part(height, width, spot)[:, :, ::-1])
     writer.release()
     return Path(path)

@@ -20,8 +20,15 @@ RAW_THRESHOLD = 0.25
 
 def contract_metadata(input_size: tuple[int, int], channels: int) -> ModelMetadata:
     calibration = Calibration(
-        image_threshold=RAW_THRESHOLD, pixel_threshold=RAW_THRESHOLD, image_min=0.0, image_max=0.5,
-        pixel_min=0.0, pixel_max=0.5, method="quantile", target=0.01, data={"split": "test-fixture"},
+        image_threshold=RAW_THRESHOLD,
+        pixel_threshold=RAW_THRESHOLD,
+        image_min=0.0,
+        image_max=0.5,
+        pixel_min=0.0,
+        pixel_max=0.5,
+        method="quantile",
+        target=0.01,
+        data={"split": "test-fixture"},
     )
     return ModelMetadata.from_calibration(
         "mean-abs-deviation", input_size, channels, calibration, trained_on={"dataset": "tests"}

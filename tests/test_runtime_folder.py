@@ -9,12 +9,6 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
-
-from inspector.cli import cli
-from inspector.preprocess import read_image
-from runtime.folder import inspect_folder
-from runtime.scoring import Scorer
-from runtime.session import load_model
 from runtime_images import (
     BACKGROUND,
     part,
@@ -23,6 +17,12 @@ from runtime_images import (
     write_png,
 )
 from runtime_models import build_deviation_model
+
+from inspector.cli import cli
+from inspector.preprocess import read_image
+from runtime.folder import inspect_folder
+from runtime.scoring import Scorer
+from runtime.session import load_model
 
 
 @pytest.fixture(scope="module")
@@ -38,7 +38,9 @@ def rows_by_path(out_dir):
     with open(out_dir / "report.csv", encoding="utf-8", newline="") as handle:
         csv_rows = {row["path"]: row for row in csv.DictReader(handle)}
     jsonl = [json.loads(line) for line in (out_dir / "report.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [record["path"] for record in jsonl] == list(csv_rows), "CSV and JSONL list the same images in order"
+    assert [record["path"] for record in jsonl] == list(csv_rows), (
+        "CSV and JSONL list the same images in order"
+    )
     return {record["path"]: record for record in jsonl}, csv_rows
 
 
@@ -63,10 +65,21 @@ def test_inspect_folder_writes_reports_overlays_masks_and_summary(tmp_path, mode
     assert result.exit_code == 0, result.output
     assert "5 scored, 2 anomalous, 0 unreadable" in result.stdout
     records, csv_rows = rows_by_path(tmp_path / "out")
-    assert sorted(records) == ["good_1.png", "good_2.png", "line2/dent.png", "line2/good_3.png", "scratch.png"]
+    assert sorted(records) == [
+        "good_1.png",
+        "good_2.png",
+        "line2/dent.png",
+        "line2/good_3.png",
+        "scratch.png",
+    ]
     labels = {path: record["label"] for path, record in records.items()}
-    assert labels == {"good_1.png": "normal", "good_2.png": "normal", "line2/good_3.png": "normal",
-                      "scratch.png": "anomalous", "line2/dent.png": "anomalous"}
+    assert labels == {
+        "good_1.png": "normal",
+        "good_2.png": "normal",
+        "line2/good_3.png": "normal",
+        "scratch.png": "anomalous",
+        "line2/dent.png": "anomalous",
+    }
     scratch = records["scratch.png"]
     assert scratch["score"] > 0.9 and scratch["raw_score"] == pytest.approx(0.5, abs=0.01)
     assert len(scratch["regions"]) == 1 and scratch["regions"][0]["peak"] > 0.9
@@ -77,7 +90,7 @@ def test_inspect_folder_writes_reports_overlays_masks_and_summary(tmp_path, mode
     assert float(csv_rows["scratch.png"]["time_ms"]) > 0
 
     # One overlay per image, at the image's own size; the plain mask marks the scratch.
-    for path, record in records.items():
+    for record in records.values():
         overlay = read_image(tmp_path / "out" / record["overlay"])
         assert overlay.shape[:2] == (record["height"], record["width"])
     mask = read_image(tmp_path / "out" / records["scratch.png"]["mask"])[:, :, 0]
@@ -104,8 +117,17 @@ def test_threshold_changes_sensitivity_at_run_time_and_fail_on_anomaly_sets_exit
     write_png(photos / "faint.png", faint)
 
     default = inspect(photos, "--model", model, "--out", tmp_path / "default", "--fail-on-anomaly", "-q")
-    strict = inspect(photos, "--model", model, "--out", tmp_path / "lenient", "--threshold", "0.7",
-                     "--fail-on-anomaly", "-q")
+    strict = inspect(
+        photos,
+        "--model",
+        model,
+        "--out",
+        tmp_path / "lenient",
+        "--threshold",
+        "0.7",
+        "--fail-on-anomaly",
+        "-q",
+    )
 
     assert default.exit_code == 1, default.output
     assert strict.exit_code == 0, strict.output
@@ -123,11 +145,15 @@ def test_interrupted_run_resumes_without_losing_or_repeating_images(tmp_path, mo
     photos = tmp_path / "photos"
     photos.mkdir()
     for index in range(12):
-        write_png(photos / f"part_{index:02d}.png", part(40, 40, spot=(5, 5, 10, 10) if index % 4 == 0 else None))
+        write_png(
+            photos / f"part_{index:02d}.png", part(40, 40, spot=(5, 5, 10, 10) if index % 4 == 0 else None)
+        )
     out = tmp_path / "out"
     scorer = Scorer(load_model(model))
 
-    def ctrl_c_after_five(record, seen=[]):
+    seen = []
+
+    def ctrl_c_after_five(record):
         seen.append(record)
         if len(seen) == 5:
             raise KeyboardInterrupt
@@ -159,7 +185,7 @@ def test_every_awkward_file_is_scored_or_reported_unreadable_and_the_run_goes_on
     spot = (40, 10, 16, 20)
     write_png(photos / "plain.png", part(64, 96))
     (photos / "empty.png").write_bytes(b"")
-    ok, jpeg = cv2.imencode(".jpg", part(64, 96))
+    _, jpeg = cv2.imencode(".jpg", part(64, 96))
     (photos / "truncated.jpg").write_bytes(jpeg.tobytes()[: len(jpeg) // 2])
     (photos / "notes.png").write_text("meeting notes, not a picture")
     (photos / "folder.png").mkdir()
@@ -171,8 +197,10 @@ def test_every_awkward_file_is_scored_or_reported_unreadable_and_the_run_goes_on
     gray[10:30, 40:56] = 255
     write_png(photos / "gray.png", gray)
     write_palette_png(photos / "palette.png", gray)
-    rgba = np.dstack([part(64, 96, spot)[:, :, ::-1], np.linspace(0, 255, 96 * 64).reshape(64, 96)]).astype(np.uint8)
-    ok, encoded = cv2.imencode(".png", rgba)
+    rgba = np.dstack([part(64, 96, spot)[:, :, ::-1], np.linspace(0, 255, 96 * 64).reshape(64, 96)]).astype(
+        np.uint8
+    )
+    _, encoded = cv2.imencode(".png", rgba)
     (photos / "rgba.png").write_bytes(encoded.tobytes())
     # Stored 96 wide and 64 high with the spot at the left; EXIF says: rotate 90° clockwise to display.
     write_exif_rotated_jpeg(photos / "rotated.jpg", part(64, 96, spot=(4, 30, 16, 20)))
@@ -185,10 +213,15 @@ def test_every_awkward_file_is_scored_or_reported_unreadable_and_the_run_goes_on
     assert result.exit_code == 0, result.output
     records, _ = rows_by_path(tmp_path / "out")
     assert "readme.txt" not in records
-    unreadable = {path: record["error"] for path, record in records.items() if record["status"] == "unreadable"}
+    unreadable = {
+        path: record["error"] for path, record in records.items() if record["status"] == "unreadable"
+    }
     assert set(unreadable) == {"empty.png", "truncated.jpg", "notes.png", "folder.png"}
     assert "empty" in unreadable["empty.png"] and "directory" in unreadable["folder.png"]
-    assert "not a decodable image" in unreadable["truncated.jpg"] and "not a decodable image" in unreadable["notes.png"]
+    assert (
+        "not a decodable image" in unreadable["truncated.jpg"]
+        and "not a decodable image" in unreadable["notes.png"]
+    )
     assert records["plain.png"]["label"] == "normal"
     for name in ("deep16.png", "gray.png", "palette.png", "rgba.png"):
         assert records[name]["label"] == "anomalous", name
@@ -241,10 +274,24 @@ def test_missing_folder_and_folder_without_images_are_clear_errors(tmp_path, mod
 
 
 def test_bench_reports_model_only_and_end_to_end_throughput_and_their_ratio(tmp_path, model):
-    result = CliRunner().invoke(cli, ["bench", "--model", str(model), "--count", "8", "--repeats", "1",
-                                      "--json", str(tmp_path / "bench.json")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "bench",
+            "--model",
+            str(model),
+            "--count",
+            "8",
+            "--repeats",
+            "1",
+            "--json",
+            str(tmp_path / "bench.json"),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "model only (onnxruntime)" in result.stdout and "ratio" in result.stdout
     measured = json.loads((tmp_path / "bench.json").read_text())
     assert measured["images"] == 8 and measured["model_only_median"] > 0 and measured["end_to_end_median"] > 0
-    assert measured["ratio"] == pytest.approx(measured["end_to_end_median"] / measured["model_only_median"], abs=1e-3)
+    assert measured["ratio"] == pytest.approx(
+        measured["end_to_end_median"] / measured["model_only_median"], abs=1e-3
+    )

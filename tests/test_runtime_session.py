@@ -9,13 +9,13 @@ import onnxruntime as ort
 import pytest
 from click.testing import CliRunner
 from onnx import TensorProto, helper
+from runtime_images import part, write_png
+from runtime_models import build_deviation_model, contract_metadata
 
 from inspector.artifact import METADATA_KEY
 from inspector.cli import cli
 from inspector.errors import ArtifactError, InspectorError
 from runtime.session import CPU, choose_providers, load_model
-from runtime_images import part, write_png
-from runtime_models import build_deviation_model, contract_metadata
 
 CUDA, COREML, TENSORRT = "CUDAExecutionProvider", "CoreMLExecutionProvider", "TensorrtExecutionProvider"
 
@@ -42,8 +42,15 @@ def test_tensorrt_is_used_when_present_and_asked_for_with_cuda_and_cpu_behind_it
     assert choose_providers("tensorrt", [TENSORRT, CUDA, CPU]) == ([TENSORRT, CUDA, CPU], None)
 
 
-@pytest.mark.parametrize("device, package", [("cuda", "onnxruntime-gpu"), ("coreml", "onnxruntime-silicon"),
-                                             ("openvino", "onnxruntime-openvino"), ("tensorrt", "TensorRT")])
+@pytest.mark.parametrize(
+    "device, package",
+    [
+        ("cuda", "onnxruntime-gpu"),
+        ("coreml", "onnxruntime-silicon"),
+        ("openvino", "onnxruntime-openvino"),
+        ("tensorrt", "TensorRT"),
+    ],
+)
 def test_missing_provider_falls_back_to_cpu_naming_the_package_to_install(device, package):
     providers, warning = choose_providers(device, [CPU])
     assert providers == [CPU]
@@ -62,7 +69,9 @@ def test_inspect_on_a_missing_gpu_warns_once_and_still_scores_on_the_cpu(tmp_pat
     summary = json.loads((tmp_path / "out" / "summary.json").read_text())
     assert summary["scored"] == 1 and summary["providers"] == [CPU]
 
-    strict = inspect(photos, "--model", model, "--out", tmp_path / "strict", "--device", "cuda", "--strict-device")
+    strict = inspect(
+        photos, "--model", model, "--out", tmp_path / "strict", "--device", "cuda", "--strict-device"
+    )
     assert strict.exit_code == 2
     assert strict.stderr.startswith("error:") and "onnxruntime-gpu" in strict.stderr
     assert "Traceback" not in strict.output and not (tmp_path / "strict").exists()
@@ -98,7 +107,8 @@ def test_a_file_that_is_not_an_onnx_model_or_is_missing_is_a_clear_error(tmp_pat
 
 def test_a_model_whose_outputs_break_the_contract_is_refused(tmp_path):
     graph = helper.make_graph(
-        [helper.make_node("Identity", ["image"], ["reconstruction"])], "wrong",
+        [helper.make_node("Identity", ["image"], ["reconstruction"])],
+        "wrong",
         [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", 3, 32, 32])],
         [helper.make_tensor_value_info("reconstruction", TensorProto.FLOAT, ["N", 3, 32, 32])],
     )
@@ -111,7 +121,9 @@ def test_a_model_whose_outputs_break_the_contract_is_refused(tmp_path):
 
 
 def test_loaded_model_exposes_input_size_channels_and_calibration(tmp_path):
-    session = load_model(build_deviation_model(tmp_path / "m.onnx", input_size=(24, 40), channels=1), threads=1)
+    session = load_model(
+        build_deviation_model(tmp_path / "m.onnx", input_size=(24, 40), channels=1), threads=1
+    )
     assert session.input_size == (24, 40) and session.channels == 1
     assert session.calibration.image_threshold == pytest.approx(0.25)
     assert session.providers == [CPU]

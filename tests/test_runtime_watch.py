@@ -14,6 +14,8 @@ import cv2
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from runtime_images import part, write_png, write_video
+from runtime_models import build_deviation_model
 
 from inspector.cli import cli
 from inspector.errors import InspectorError
@@ -22,8 +24,6 @@ from runtime.scoring import Scorer
 from runtime.session import load_model
 from runtime.sources import CaptureSource, FolderSource, FrameReader, Source, open_source
 from runtime.watch import watch
-from runtime_images import part, write_png, write_video
-from runtime_models import build_deviation_model
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,8 +41,21 @@ def test_headless_watch_of_a_video_file_scores_every_frame_logs_anomalies_and_en
     video = write_video(tmp_path / "line.avi", frames=30, defect_frames=range(10, 16))
     out = tmp_path / "watch"
 
-    result = CliRunner().invoke(cli, ["watch", "--model", str(model), "--source", str(video), "--headless",
-                                      "--out", str(out), "--record", str(tmp_path / "annotated.avi")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "watch",
+            "--model",
+            str(model),
+            "--source",
+            str(video),
+            "--headless",
+            "--out",
+            str(out),
+            "--record",
+            str(tmp_path / "annotated.avi"),
+        ],
+    )
 
     assert result.exit_code == 0, result.output
     summary = json.loads((out / "summary.json").read_text())
@@ -56,7 +69,10 @@ def test_headless_watch_of_a_video_file_scores_every_frame_logs_anomalies_and_en
     assert all((out / event["overlay"]).is_file() for event in events)
     recording = cv2.VideoCapture(str(tmp_path / "annotated.avi"))
     assert int(recording.get(cv2.CAP_PROP_FRAME_COUNT)) == 30
-    assert (int(recording.get(cv2.CAP_PROP_FRAME_WIDTH)), int(recording.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (128, 96)
+    assert (int(recording.get(cv2.CAP_PROP_FRAME_WIDTH)), int(recording.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (
+        128,
+        96,
+    )
     recording.release()
 
 
@@ -67,11 +83,29 @@ def test_watch_accepts_a_folder_as_source_and_logs_every_frame_on_request(tmp_pa
         write_png(frames / f"frame_{index}.png", part(40, 50, spot=(5, 5, 10, 10) if index == 2 else None))
     (frames / "broken.png").write_bytes(b"")
 
-    result = CliRunner().invoke(cli, ["watch", "--model", str(model), "--source", str(frames), "--headless",
-                                      "--events", "all", "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "watch",
+            "--model",
+            str(model),
+            "--source",
+            str(frames),
+            "--headless",
+            "--events",
+            "all",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
 
     assert result.exit_code == 0, result.output
-    assert [event["label"] for event in events_of(tmp_path / "out")] == ["normal", "normal", "anomalous", "normal"]
+    assert [event["label"] for event in events_of(tmp_path / "out")] == [
+        "normal",
+        "normal",
+        "anomalous",
+        "normal",
+    ]
 
 
 class SlowScorer(Scorer):
@@ -89,7 +123,9 @@ def test_slow_model_sees_the_newest_frame_and_latency_does_not_grow(tmp_path, mo
     video = write_video(tmp_path / "fast.avi", frames=60, fps=50.0)
     scorer = SlowScorer(load_model(model))
 
-    summary = watch(open_source(str(video)), scorer, tmp_path / "out", headless=True, realtime=True, events="all")
+    summary = watch(
+        open_source(str(video)), scorer, tmp_path / "out", headless=True, realtime=True, events="all"
+    )
 
     events = events_of(tmp_path / "out")
     assert summary["ended_by"] == "end of source" and summary["frames_read"] == 60
@@ -160,18 +196,57 @@ def test_sources_are_one_idea_camera_index_url_folder_image_or_video(tmp_path):
 
 def test_a_source_that_cannot_be_opened_is_exit_code_2(tmp_path, model):
     (tmp_path / "corrupt.avi").write_bytes(b"not a video at all")
-    result = CliRunner().invoke(cli, ["watch", "--model", str(model), "--source", str(tmp_path / "corrupt.avi"),
-                                      "--headless", "--out", str(tmp_path / "out")])
+    result = CliRunner().invoke(
+        cli,
+        [
+            "watch",
+            "--model",
+            str(model),
+            "--source",
+            str(tmp_path / "corrupt.avi"),
+            "--headless",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+    )
     assert result.exit_code == 2 and "cannot open" in result.stderr
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the display check is for X11/Wayland")
+def test_watch_with_a_window_but_no_display_says_to_use_headless(tmp_path, model, monkeypatch):
+    monkeypatch.delenv("DISPLAY", raising=False)
+    monkeypatch.delenv("WAYLAND_DISPLAY", raising=False)
+    video = write_video(tmp_path / "clip.avi", frames=2)
+    result = CliRunner().invoke(
+        cli, ["watch", "--model", str(model), "--source", str(video), "--out", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 2 and "--headless" in result.stderr
 
 
 def test_sigterm_stops_watch_cleanly_with_everything_flushed(tmp_path, model):
     video = write_video(tmp_path / "long.avi", frames=400, fps=40.0, defect_frames=range(0, 400, 2))
     out = tmp_path / "out"
     process = subprocess.Popen(
-        [sys.executable, "-c", "from inspector.cli import main; main()", "watch", "--model", str(model),
-         "--source", str(video), "--realtime", "--headless", "--events", "all", "--out", str(out)],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from inspector.cli import main; main()",
+            "watch",
+            "--model",
+            str(model),
+            "--source",
+            str(video),
+            "--realtime",
+            "--headless",
+            "--events",
+            "all",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     deadline = time.monotonic() + 30

@@ -7,30 +7,80 @@ from pathlib import Path
 
 import click
 
-from inspector.commands.options import model_option, runtime_device_option, strict_device_option, threads_option
+from inspector.commands.options import (
+    model_option,
+    runtime_device_option,
+    strict_device_option,
+    threads_option,
+)
 
 
 @click.command("bench")
 @model_option
-@click.option("--images", type=click.Path(exists=True, file_okay=False, path_type=Path), default=None,
-              help="Folder of images to measure on [default: generated textured images at the model's size].")
-@click.option("--count", type=click.IntRange(min=1), default=64, show_default=True,
-              help="How many images to generate when no --images folder is given.")
-@click.option("--repeats", type=click.IntRange(min=1), default=3, show_default=True,
-              help="Alternating model-only / end-to-end measurements; medians are reported.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Images per model call, in both measurements.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Decode/overlay threads of the end-to-end run.")
-@click.option("--save", type=click.Choice(("all", "anomalous", "none")), default="all", show_default=True,
-              help="Overlays written by the end-to-end run (as `inspect --save`).")
-@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also write the full result (every repeat) to this JSON file.")
+@click.option(
+    "--images",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Folder of images to measure on [default: generated textured images at the model's size].",
+)
+@click.option(
+    "--count",
+    type=click.IntRange(min=1),
+    default=64,
+    show_default=True,
+    help="How many images to generate when no --images folder is given.",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(min=1),
+    default=3,
+    show_default=True,
+    help="Alternating model-only / end-to-end measurements; medians are reported.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Images per model call, in both measurements.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Decode/overlay threads of the end-to-end run.",
+)
+@click.option(
+    "--save",
+    type=click.Choice(("all", "anomalous", "none")),
+    default="all",
+    show_default=True,
+    help="Overlays written by the end-to-end run (as `inspect --save`).",
+)
+@click.option(
+    "--json",
+    "json_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also write the full result (every repeat) to this JSON file.",
+)
 @runtime_device_option
 @strict_device_option
 @threads_option
-def bench_command(model_path: str, images: Path | None, count: int, repeats: int, batch_size: int, workers: int,
-                  save: str, json_path: Path | None, device: str, strict_device: bool, threads: int) -> None:
+def bench_command(
+    model_path: str,
+    images: Path | None,
+    count: int,
+    repeats: int,
+    batch_size: int,
+    workers: int,
+    save: str,
+    json_path: Path | None,
+    device: str,
+    strict_device: bool,
+    threads: int,
+) -> None:
     """Measure a model's own throughput in onnxruntime and the end-to-end `inspect` throughput (decode,
     preprocess, inference, regions, overlays, reports) on the same images, in one run, and their ratio.
 
@@ -42,16 +92,28 @@ def bench_command(model_path: str, images: Path | None, count: int, repeats: int
     from runtime.scoring import Scorer
     from runtime.session import load_model
 
-    scorer = Scorer(load_model(model_path, device, strict_device, threads,
-                               warn=lambda message: click.echo(f"warning: {message}", err=True)))
-    result = benchmark(scorer, images=images, count=count, repeats=repeats, batch_size=batch_size,
-                       workers=workers, save=save)
-    click.echo(f"model: {result['model']} on {', '.join(result['providers'])}, {result['images']} images, "
-               f"batch {batch_size}, {repeats} repeats (medians)")
+    scorer = Scorer(
+        load_model(
+            model_path,
+            device,
+            strict_device,
+            threads,
+            warn=lambda message: click.echo(f"warning: {message}", err=True),
+        )
+    )
+    result = benchmark(
+        scorer, images=images, count=count, repeats=repeats, batch_size=batch_size, workers=workers, save=save
+    )
+    click.echo(
+        f"model: {result['model']} on {', '.join(result['providers'])}, {result['images']} images, "
+        f"batch {batch_size}, {repeats} repeats (medians)"
+    )
     click.echo(f"model only (onnxruntime): {result['model_only_median']:8.1f} images/s")
     click.echo(f"end to end (inspect):     {result['end_to_end_median']:8.1f} images/s")
     click.echo(f"ratio:                    {result['ratio']:8.0%}")
-    click.echo(f"CPU per image: model {result['model_only_cpu_ms_per_image']:.1f} ms, end to end "
-               f"{result['end_to_end_cpu_ms_per_image']:.1f} ms (ratio {result['cpu_ratio']:.0%})")
+    click.echo(
+        f"CPU per image: model {result['model_only_cpu_ms_per_image']:.1f} ms, end to end "
+        f"{result['end_to_end_cpu_ms_per_image']:.1f} ms (ratio {result['cpu_ratio']:.0%})"
+    )
     if json_path:
         json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

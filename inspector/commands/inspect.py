@@ -27,31 +27,67 @@ def warn(message: str) -> None:
 @click.command("inspect")
 @click.argument("folder", type=click.Path(exists=True, path_type=Path))
 @model_option
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Folder for report.csv, report.jsonl, summary.json and overlays "
-              "[default: runs/inspect/<FOLDER name>].")
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Folder for report.csv, report.jsonl, summary.json and overlays "
+    "[default: runs/inspect/<FOLDER name>].",
+)
 @click.option("--recursive", "-r", is_flag=True, help="Also inspect images in sub-folders.")
-@click.option("--save", type=click.Choice(("all", "anomalous", "none")), default="all", show_default=True,
-              help="Which heatmap overlays to write to OUT/overlays/.")
+@click.option(
+    "--save",
+    type=click.Choice(("all", "anomalous", "none")),
+    default="all",
+    show_default=True,
+    help="Which heatmap overlays to write to OUT/overlays/.",
+)
 @click.option("--masks", "save_masks", is_flag=True, help="Also write the plain defect masks to OUT/masks/.")
-@click.option("--resume", is_flag=True, help="Continue an interrupted run: skip images already in the report.")
+@click.option(
+    "--resume", is_flag=True, help="Continue an interrupted run: skip images already in the report."
+)
 @click.option("--force", is_flag=True, help="Start over, replacing a report already in --out.")
 @threshold_option
 @pixel_threshold_option
 @runtime_device_option
 @strict_device_option
 @threads_option
-@click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Images per model call.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Threads that decode and preprocess the next images and draw overlays while the model runs.")
-@click.option("--fail-on-anomaly", is_flag=True,
-              help="Exit with code 1 when any image is anomalous (for scripts and CI gates).")
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per model call."
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Threads that decode and preprocess the next images and draw overlays while the model runs.",
+)
+@click.option(
+    "--fail-on-anomaly",
+    is_flag=True,
+    help="Exit with code 1 when any image is anomalous (for scripts and CI gates).",
+)
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
-def inspect_command(folder: Path, model_path: str, out_dir: Path | None, recursive: bool, save: str,
-                    save_masks: bool, resume: bool, force: bool, threshold: float, pixel_threshold: float,
-                    device: str, strict_device: bool, threads: int, batch_size: int, workers: int,
-                    fail_on_anomaly: bool, quiet: bool) -> None:
+def inspect_command(
+    folder: Path,
+    model_path: str,
+    out_dir: Path | None,
+    recursive: bool,
+    save: str,
+    save_masks: bool,
+    resume: bool,
+    force: bool,
+    threshold: float,
+    pixel_threshold: float,
+    device: str,
+    strict_device: bool,
+    threads: int,
+    batch_size: int,
+    workers: int,
+    fail_on_anomaly: bool,
+    quiet: bool,
+) -> None:
     """Score every image in FOLDER (or one image file): report.csv and report.jsonl with normalised and raw
     scores, labels and defect regions, a heatmap overlay per image, and summary.json.
 
@@ -66,17 +102,33 @@ def inspect_command(folder: Path, model_path: str, out_dir: Path | None, recursi
     from runtime.scoring import Scorer
     from runtime.session import load_model
 
-    scorer = Scorer(load_model(model_path, device, strict_device, threads, warn=warn), threshold, pixel_threshold)
+    scorer = Scorer(
+        load_model(model_path, device, strict_device, threads, warn=warn), threshold, pixel_threshold
+    )
     out_dir = out_dir or Path("runs") / "inspect" / (folder.resolve().stem or "images")
     bar = _ProgressBar(quiet)
     try:
-        summary = inspect_folder(folder, scorer, out_dir, recursive=recursive, save=save, save_masks=save_masks,
-                                 resume=resume, force=force, batch_size=batch_size, workers=workers,
-                                 on_total=bar.start, on_record=bar.advance)
+        summary = inspect_folder(
+            folder,
+            scorer,
+            out_dir,
+            recursive=recursive,
+            save=save,
+            save_masks=save_masks,
+            resume=resume,
+            force=force,
+            batch_size=batch_size,
+            workers=workers,
+            on_total=bar.start,
+            on_record=bar.advance,
+        )
     except KeyboardInterrupt:
         bar.close()
-        click.echo(f"interrupted: finished images are in {out_dir / 'report.csv'}; "
-                   "run the same command with --resume to finish", err=True)
+        click.echo(
+            f"interrupted: finished images are in {out_dir / 'report.csv'}; "
+            "run the same command with --resume to finish",
+            err=True,
+        )
         click.get_current_context().exit(EXIT_INTERRUPTED)
     finally:
         bar.close()
@@ -103,8 +155,9 @@ class _ProgressBar:
 
     def start(self, total: int) -> None:
         if not self.quiet and total:
-            self._bar = click.progressbar(length=total, label="inspecting", file=sys.stderr,
-                                          show_pos=True, show_eta=True)
+            self._bar = click.progressbar(
+                length=total, label="inspecting", file=sys.stderr, show_pos=True, show_eta=True
+            )
             self._bar.__enter__()
 
     def advance(self, _record: dict) -> None:

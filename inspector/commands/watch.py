@@ -18,34 +18,84 @@ from inspector.commands.options import (
 
 @click.command("watch")
 @model_option
-@click.option("--camera", type=click.IntRange(min=0), default=None,
-              help="Camera index (0 is the first camera) [default when no --source is given].")
-@click.option("--source", default=None,
-              help="Video file, RTSP/HTTP stream URL, folder of images or camera index, instead of --camera.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False, path_type=Path), default=Path("runs/watch"),
-              show_default=True, help="Folder for events.jsonl, overlays of anomalous frames and summary.json.")
+@click.option(
+    "--camera",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Camera index (0 is the first camera) [default when no --source is given].",
+)
+@click.option(
+    "--source",
+    default=None,
+    help="Video file, RTSP/HTTP stream URL, folder of images or camera index, instead of --camera.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/watch"),
+    show_default=True,
+    help="Folder for events.jsonl, overlays of anomalous frames and summary.json.",
+)
 @click.option("--headless", is_flag=True, help="No window: only write events, overlays and the recording.")
-@click.option("--record", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Also record every overlay frame to this video (.mp4 or .avi).")
-@click.option("--realtime", is_flag=True,
-              help="Play a video file or folder at its own frame rate like a camera, dropping frames the "
-              "model cannot keep up with (live sources always do).")
-@click.option("--fps", type=click.FloatRange(min=0.1), default=None,
-              help="Frame rate of a folder source played with --realtime [default: 25].")
-@click.option("--events", type=click.Choice(("anomalous", "all")), default="anomalous", show_default=True,
-              help="Which scored frames are written to events.jsonl.")
-@click.option("--save", type=click.Choice(("anomalous", "none")), default="anomalous", show_default=True,
-              help="Write the overlay of each anomalous frame to OUT/anomalies/.")
-@click.option("--max-frames", type=click.IntRange(min=1), default=None, help="Stop after scoring this many frames.")
+@click.option(
+    "--record",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Also record every overlay frame to this video (.mp4 or .avi).",
+)
+@click.option(
+    "--realtime",
+    is_flag=True,
+    help="Play a video file or folder at its own frame rate like a camera, dropping frames the "
+    "model cannot keep up with (live sources always do).",
+)
+@click.option(
+    "--fps",
+    type=click.FloatRange(min=0.1),
+    default=None,
+    help="Frame rate of a folder source played with --realtime [default: 25].",
+)
+@click.option(
+    "--events",
+    type=click.Choice(("anomalous", "all")),
+    default="anomalous",
+    show_default=True,
+    help="Which scored frames are written to events.jsonl.",
+)
+@click.option(
+    "--save",
+    type=click.Choice(("anomalous", "none")),
+    default="anomalous",
+    show_default=True,
+    help="Write the overlay of each anomalous frame to OUT/anomalies/.",
+)
+@click.option(
+    "--max-frames", type=click.IntRange(min=1), default=None, help="Stop after scoring this many frames."
+)
 @threshold_option
 @pixel_threshold_option
 @runtime_device_option
 @strict_device_option
 @threads_option
-def watch_command(model_path: str, camera: int | None, source: str | None, out_dir: Path, headless: bool,
-                  record: Path | None, realtime: bool, fps: float | None, events: str, save: str,
-                  max_frames: int | None, threshold: float, pixel_threshold: float, device: str,
-                  strict_device: bool, threads: int) -> None:
+def watch_command(
+    model_path: str,
+    camera: int | None,
+    source: str | None,
+    out_dir: Path,
+    headless: bool,
+    record: Path | None,
+    realtime: bool,
+    fps: float | None,
+    events: str,
+    save: str,
+    max_frames: int | None,
+    threshold: float,
+    pixel_threshold: float,
+    device: str,
+    strict_device: bool,
+    threads: int,
+) -> None:
     """Score the newest frame of a camera, video, stream or folder and show the heatmap overlay with FPS
     and latency. Press q (or Ctrl-C, or send SIGTERM) to stop; everything is flushed on the way out.
 
@@ -64,17 +114,31 @@ def watch_command(model_path: str, camera: int | None, source: str | None, out_d
         raise click.UsageError("give either --camera or --source, not both")
     spec = source if source is not None else (camera if camera is not None else 0)
     frame_source = open_source(spec, fps=fps)
-    scorer = Scorer(load_model(model_path, device, strict_device, threads, warn=_warn), threshold, pixel_threshold)
-    summary = watch(frame_source, scorer, out_dir, headless=headless, record=record, realtime=realtime,
-                    events=events, save=save, max_frames=max_frames, notify=_note)
+    scorer = Scorer(
+        load_model(model_path, device, strict_device, threads, warn=_warn), threshold, pixel_threshold
+    )
+    summary = watch(
+        frame_source,
+        scorer,
+        out_dir,
+        headless=headless,
+        record=record,
+        realtime=realtime,
+        events=events,
+        save=save,
+        max_frames=max_frames,
+        notify=_note,
+    )
     latency = summary["latency_ms"]
     click.echo(
         f"{summary['frames_scored']} frames scored ({summary['frames_dropped']} dropped to stay current), "
         f"{summary['anomalous']} anomalous, {summary['fps'] or 0:.1f} FPS, latency median "
         f"{latency['median']:.0f} ms (p95 {latency['p95']:.0f} ms); {summary['ended_by']}"
     )
-    click.echo(f"events: {out_dir / 'events.jsonl'}; summary: {out_dir / 'summary.json'}"
-               + (f"; recording: {record}" if record else ""))
+    click.echo(
+        f"events: {out_dir / 'events.jsonl'}; summary: {out_dir / 'summary.json'}"
+        + (f"; recording: {record}" if record else "")
+    )
 
 
 def _warn(message: str) -> None:
