@@ -72,9 +72,15 @@ class CaptureSource(Source):
                 cv2.CAP_PROP_READ_TIMEOUT_MSEC,
                 STREAM_TIMEOUT_MS,
             ]
-            capture = cv2.VideoCapture(self.target, cv2.CAP_ANY, params)
         else:
-            capture = cv2.VideoCapture(self.target)
+            params = []
+        # OpenCV logs every backend it tries; a failure gets our one-line message instead.
+        level = cv2.utils.logging.getLogLevel()
+        cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+        try:
+            capture = cv2.VideoCapture(self.target, cv2.CAP_ANY, params)
+        finally:
+            cv2.utils.logging.setLogLevel(level)
         if not capture.isOpened():
             capture.release()
             what = "camera" if isinstance(self.target, int) else "video or stream"

@@ -33,6 +33,7 @@ WINDOW_TITLE = "inspector watch (q to quit)"
 EVENT_CHOICES = ("anomalous", "all")
 SAVE_CHOICES = ("anomalous", "none")
 HUD_BGR = (50, 50, 50)
+DEFAULT_RECORD_FPS = 15.0  # for sources that do not report a frame rate
 
 
 def watch(
@@ -68,7 +69,7 @@ def watch(
         source, newest_only=source.live or realtime, pace=realtime and not source.live, notify=notify
     )
     stats = _Stats()
-    recorder: _Recorder | None = _Recorder(Path(record), source.fps) if record else None
+    recorder: _Recorder | None = _Recorder(Path(record), source) if record else None
     ended_by = "end of source"
     with _stop_on_signals(stop), open(out_dir / EVENTS_NAME, "a", encoding="utf-8") as event_log:
         reader.start()
@@ -88,7 +89,7 @@ def watch(
                 stats.add(latency, inspection.anomalous)
                 draw_badge(overlay, f"{stats.fps:.1f} FPS  {latency * 1000:.0f} ms", HUD_BGR, row=1)
                 if recorder:
-                    recorder.write(overlay)
+                    recorder.write(overlay, frame.index)
                 overlay_name = None
                 if inspection.anomalous and save == "anomalous":
                     overlay_name = f"anomalies/frame_{frame.index:07d}.jpg"
@@ -181,23 +182,34 @@ class _Stats:
 
 
 class _Recorder:
-    """Writes overlays to a video, opened on the first frame (its size is the frame's)."""
+    """Writes overlays to a video at the source's frame rate, opened on the first frame (at its size).
 
-    def __init__(self, path: Path, fps: float | None):
+    A frame that follows dropped ones is repeated in their place, so the recording keeps the source's
+    timeline instead of playing fast when the model is slower than the camera.
+    """
+
+    def __init__(self, path: Path, source: Source):
         self.path = path
-        self.fps = fps or 15.0
+        self.source = source
         self._writer: cv2.VideoWriter | None = None
+        self._last_index = 0
+        self._max_repeat = 1
 
-    def write(self, image: np.ndarray) -> None:
+    def write(self, image: np.ndarray, frame_index: int) -> None:
         if self._writer is None:
+            fps = self.source.fps or DEFAULT_RECORD_FPS
             fourcc = "MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._writer = cv2.VideoWriter(
-                str(self.path), cv2.VideoWriter_fourcc(*fourcc), self.fps, (image.shape[1], image.shape[0])
+                str(self.path), cv2.VideoWriter_fourcc(*fourcc), fps, (image.shape[1], image.shape[0])
             )
             if not self._writer.isOpened():
                 raise InspectorError(f"{self.path}: cannot write a video here (use .mp4 or .avi)")
-        self._writer.write(image)
+            self._last_index = frame_index - 1
+            self._max_repeat = max(1, round(2 * fps))  # after a long stall, hold the frame 2 s at most
+        for _ in range(min(max(1, frame_index - self._last_index), self._max_repeat)):
+            self._writer.write(image)
+        self._last_index = frame_index
 
     def close(self) -> None:
         if self._writer is not None:

@@ -69,6 +69,7 @@ def test_headless_watch_of_a_video_file_scores_every_frame_logs_anomalies_and_en
     assert all((out / event["overlay"]).is_file() for event in events)
     recording = cv2.VideoCapture(str(tmp_path / "annotated.avi"))
     assert int(recording.get(cv2.CAP_PROP_FRAME_COUNT)) == 30
+    assert recording.get(cv2.CAP_PROP_FPS) == pytest.approx(20.0)
     assert (int(recording.get(cv2.CAP_PROP_FRAME_WIDTH)), int(recording.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (
         128,
         96,
@@ -124,7 +125,13 @@ def test_slow_model_sees_the_newest_frame_and_latency_does_not_grow(tmp_path, mo
     scorer = SlowScorer(load_model(model))
 
     summary = watch(
-        open_source(str(video)), scorer, tmp_path / "out", headless=True, realtime=True, events="all"
+        open_source(str(video)),
+        scorer,
+        tmp_path / "out",
+        headless=True,
+        realtime=True,
+        events="all",
+        record=tmp_path / "kept_in_time.avi",
     )
 
     events = events_of(tmp_path / "out")
@@ -136,6 +143,11 @@ def test_slow_model_sees_the_newest_frame_and_latency_does_not_grow(tmp_path, mo
     # Queueing every frame would age the last ones by seconds; taking the newest keeps each one fresh.
     assert max(event["latency_ms"] for event in events) < 600
     assert indices[-1] >= 50
+    # The recording repeats each shown frame in place of the dropped ones: it keeps the video's timeline.
+    recording = cv2.VideoCapture(str(tmp_path / "kept_in_time.avi"))
+    assert int(recording.get(cv2.CAP_PROP_FRAME_COUNT)) == indices[-1] - indices[0] + 1
+    assert recording.get(cv2.CAP_PROP_FPS) == pytest.approx(50.0)
+    recording.release()
 
 
 class FlakyCamera(Source):
