@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -153,7 +154,9 @@ def load_model(
     # the next images; without it, decode and inference overlap on small machines.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     try:
-        session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # onnxruntime's provider notice; ours follows below
+            session = ort.InferenceSession(os.fspath(path), sess_options=options, providers=providers)
     except Exception as error:  # noqa: BLE001 - onnxruntime's own exception types derive from Exception only
         raise InspectorError(f"{path}: not a loadable ONNX model ({str(error).splitlines()[0]})") from None
     metadata = ModelMetadata.from_json(
@@ -163,8 +166,8 @@ def load_model(
     requested = providers[0]
     if requested != CPU and requested not in session.get_providers():
         # The provider is in the build but could not start (missing CUDA libraries, no GPU, ...).
-        message = f"device '{device}' could not be started ({requested} failed to load)"
-        if strict_device:
+        message = f"{requested} is installed but could not start (GPU driver or libraries missing?)"
+        if strict_device and device != "auto":
             raise InspectorError(message + "; check the driver and libraries or drop --strict-device")
         warn(message + "; running on the CPU")
     return ModelSession(path, session, metadata, device)

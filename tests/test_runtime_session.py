@@ -15,6 +15,7 @@ from runtime_models import build_deviation_model, contract_metadata
 from inspector.artifact import METADATA_KEY
 from inspector.cli import cli
 from inspector.errors import ArtifactError, InspectorError
+from runtime import session as session_module
 from runtime.session import CPU, choose_providers, load_model
 
 CUDA, COREML, TENSORRT = "CUDAExecutionProvider", "CoreMLExecutionProvider", "TensorrtExecutionProvider"
@@ -75,6 +76,20 @@ def test_inspect_on_a_missing_gpu_warns_once_and_still_scores_on_the_cpu(tmp_pat
     assert strict.exit_code == 2
     assert strict.stderr.startswith("error:") and "onnxruntime-gpu" in strict.stderr
     assert "Traceback" not in strict.output and not (tmp_path / "strict").exists()
+
+
+def test_a_gpu_provider_that_is_installed_but_cannot_start_falls_back_with_a_warning(tmp_path, monkeypatch):
+    if CUDA in ort.get_available_providers():
+        pytest.skip("this machine has CUDA")
+    # An onnxruntime-gpu wheel on a machine without the CUDA libraries: listed, but it cannot start.
+    monkeypatch.setattr(session_module.ort, "get_available_providers", lambda: [CUDA, CPU])
+    model = build_deviation_model(tmp_path / "model.onnx")
+    warnings = []
+    session = load_model(model, device="cuda", warn=warnings.append)
+    assert session.providers == [CPU]
+    assert len(warnings) == 1 and "could not start" in warnings[0] and "CPU" in warnings[0]
+    with pytest.raises(InspectorError, match="could not start"):
+        load_model(model, device="cuda", strict_device=True, warn=warnings.append)
 
 
 def test_model_without_inspector_metadata_is_refused_with_exit_code_2(tmp_path, photos):
