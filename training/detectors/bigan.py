@@ -34,6 +34,30 @@ def _init_weights(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
+class SpectralNorm(nn.Module):
+    """Weight parametrization ``W / sigma(W)``, sigma by one power iteration per training forward.
+
+    Our own rather than torch's, whose eval-mode graph uses ``vdot``, which ONNX cannot express; here
+    sigma is a plain product and sum, so the discriminator component exports.
+    """
+
+    def __init__(self, weight: torch.Tensor) -> None:
+        super().__init__()
+        matrix = weight.detach().flatten(1)
+        self.register_buffer("u", F.normalize(torch.randn(matrix.shape[0]), dim=0))
+        self.register_buffer("v", F.normalize(torch.randn(matrix.shape[1]), dim=0))
+
+    def forward(self, weight: torch.Tensor) -> torch.Tensor:
+        matrix = weight.flatten(1)
+        if self.training:
+            with torch.no_grad():
+                self.v.copy_(F.normalize(matrix.t() @ self.u, dim=0))
+                self.u.copy_(F.normalize(matrix @ self.v, dim=0))
+        # Clones: D runs twice before one backward, and the next update must not alter saved tensors.
+        sigma = (self.u.clone() * (matrix @ self.v.clone())).sum()
+        return weight / sigma
+
+
 class Encoder(nn.Module):
     """Image -> latent code: stride-2 conv blocks, then a linear layer (unbounded, like the N(0, I) prior)."""
 
@@ -119,7 +143,7 @@ class BiGAN(Detector):
         if spectral_norm:
             for module in list(self.discriminator.modules()):
                 if isinstance(module, (nn.Conv2d, nn.Linear)):
-                    nn.utils.parametrizations.spectral_norm(module)
+                    nn.utils.parametrize.register_parametrization(module, "weight", SpectralNorm(module.weight))
         self.alpha = float(alpha)
         self.score_term = score_term
         self.label_smoothing = bool(label_smoothing)
