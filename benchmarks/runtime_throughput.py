@@ -213,7 +213,7 @@ def main() -> None:
             else:
                 onnx_bytes, name = conv_model_bytes(args.size), "conv-benchmark"
             gflop = gflop_per_image(onnx_bytes)
-            decoded = [read_image(path) for _, path in list_images(images)[:32]]
+            decoded = [read_image(path) for _, path in list_images(images, recursive=True)[:32]]
             calibration = quantile_calibration(onnx_bytes, decoded, args.size)
             model_path = write_with_metadata(onnx_bytes, scratch / "model.onnx", name, args.size, calibration)
             description = (

@@ -68,7 +68,7 @@ def end_to_end_throughput(
     """A whole `inspect` run of ``folder``: listing, decoding, inference, regions, overlays, reports."""
     started, cpu_started = time.perf_counter(), time.process_time()
     summary = inspect_folder(
-        folder, scorer, out_dir, force=True, batch_size=batch_size, workers=workers, save=save
+        folder, scorer, out_dir, recursive=True, force=True, batch_size=batch_size, workers=workers, save=save
     )
     images = summary["this_run"]["images"]
     return Measurement(
@@ -87,14 +87,15 @@ def benchmark(
 ) -> dict[str, Any]:
     """Measure model-only and end-to-end throughput on the same images; medians over ``repeats``.
 
-    With no ``images`` folder, ``count`` sample images at the model's input size are generated.
+    ``images`` is searched recursively (e.g. the built-in dataset's ``data/synthetic/fabric/test``); with
+    none, ``count`` sample images at the model's input size are generated.
     """
     with tempfile.TemporaryDirectory(prefix="inspector-bench-") as scratch:
         scratch = Path(scratch)
         folder = Path(images) if images else scratch / "images"
         if not images:
             write_sample_images(folder, count, scorer.session.input_size)
-        paths = [path for _, path in list_images(folder)]
+        paths = [path for _, path in list_images(folder, recursive=True)]
         decoded = [read_image(path) for path in paths]
         batches = [scorer.prepare(decoded[i : i + batch_size]) for i in range(0, len(decoded), batch_size)]
         sizes = sorted({(image.shape[0], image.shape[1]) for image in decoded})

@@ -21,7 +21,8 @@ from inspector.commands.options import (
     "--images",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     default=None,
-    help="Folder of images to measure on [default: generated textured images at the model's size].",
+    help="Folder of images to measure on, searched recursively [default: generated textured images at the "
+    "model's size].",
 )
 @click.option(
     "--count",
