@@ -38,7 +38,7 @@ class _Item:
     path: Path
     image: np.ndarray | None = None
     error: str | None = None
-    seconds: float = 0.0  # decode + preprocess time attributed to this image
+    seconds: float = 0.0  # this image's decode, preprocessing, share of its batch's inference, drawing
 
 
 @dataclass

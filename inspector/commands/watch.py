@@ -35,7 +35,7 @@ from inspector.commands.options import (
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("runs/watch"),
     show_default=True,
-    help="Folder for events.jsonl, overlays of anomalous frames and summary.json.",
+    help="Folder for events.jsonl (appended to across runs), overlays of anomalous frames and summary.json.",
 )
 @click.option("--headless", is_flag=True, help="No window: only write events, overlays and the recording.")
 @click.option(
