@@ -144,7 +144,7 @@ def test_threshold_changes_sensitivity_at_run_time_and_fail_on_anomaly_sets_exit
 def test_interrupted_run_resumes_without_losing_or_repeating_images(tmp_path, model):
     photos = tmp_path / "photos"
     photos.mkdir()
-    for index in range(12):
+    for index in range(40):
         write_png(
             photos / f"part_{index:02d}.png", part(40, 40, spot=(5, 5, 10, 10) if index % 4 == 0 else None)
         )
@@ -161,7 +161,7 @@ def test_interrupted_run_resumes_without_losing_or_repeating_images(tmp_path, mo
     with pytest.raises(KeyboardInterrupt):
         inspect_folder(photos, scorer, out, batch_size=2, on_record=ctrl_c_after_five)
     first = json.loads((out / "summary.json").read_text())
-    assert first["interrupted"] is True and 5 <= first["reported"] < 12
+    assert first["interrupted"] is True and 5 <= first["reported"] < 40
     # A crash in the middle of a write leaves a torn last line: resume must not trip over it.
     with open(out / "report.jsonl", "a", encoding="utf-8") as handle:
         handle.write('{"path": "part_11.png", "status": "o')
@@ -172,11 +172,11 @@ def test_interrupted_run_resumes_without_losing_or_repeating_images(tmp_path, mo
     resumed = inspect(photos, "--model", model, "--out", out, "--resume", "-q")
     assert resumed.exit_code == 0, resumed.output
     records, csv_rows = rows_by_path(out)
-    assert sorted(records) == [f"part_{index:02d}.png" for index in range(12)]
-    assert len(csv_rows) == 12
+    assert sorted(records) == [f"part_{index:02d}.png" for index in range(40)]
+    assert len(csv_rows) == 40
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["resumed"] == first["reported"] and summary["this_run"]["images"] == 12 - first["reported"]
-    assert summary["anomalous"] == 3 and summary["interrupted"] is False
+    assert summary["resumed"] == first["reported"] and summary["this_run"]["images"] == 40 - first["reported"]
+    assert summary["anomalous"] == 10 and summary["interrupted"] is False
 
 
 def test_every_awkward_file_is_scored_or_reported_unreadable_and_the_run_goes_on(tmp_path, model):

@@ -262,9 +262,9 @@ def test_sigterm_stops_watch_cleanly_with_everything_flushed(tmp_path, model):
         env={**os.environ, "PYTHONPATH": str(REPO)},
     )
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and not (out / "events.jsonl").exists():
-        time.sleep(0.05)
-    time.sleep(0.5)  # a few frames in
+    events_file = out / "events.jsonl"
+    while time.monotonic() < deadline and not (events_file.exists() and events_file.stat().st_size):
+        time.sleep(0.05)  # until the first frames are scored
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=30)
 
