@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +61,7 @@ def test_every_registered_detector_exports_through_the_one_path(name):
 
 
 def test_a_wrong_export_fails_parity_saying_by_how_much(monkeypatch):
-    import export.parity as parity
+    from export import parity
 
     detector = build_detector("draem", (32, 32), 3, tiny_options("draem"))
     real_session = parity.onnx_session
@@ -94,3 +93,153 @@ def test_an_interrupted_write_leaves_the_previous_file_and_no_temporary(tmp_path
         write_atomic(target, b"new model, half written")
     assert target.read_bytes() == b"previous model"
     assert [path.name for path in tmp_path.iterdir()] == ["model.onnx"]
+
+
+# --- a trained run, exported through the command line ------------------------------------------------------
+
+
+def train_tiny_run(root: Path, detector: str) -> Path:
+    """Train ``detector`` for 3 steps on a tiny generated dataset (48x48 images, 32x32 input)."""
+    from inspector.config import load_config
+    from training.data.synthetic import generate_dataset
+    from training.trainer import train
+
+    data_root = root / "data"
+    generate_dataset(
+        data_root, ["fabric"], image_size=48, train_count=10, test_good=2, test_defect_per_kind=1
+    )
+    config = load_config(
+        None,
+        {
+            "name": detector,
+            "detector": detector,
+            "detector_options": tiny_options(detector),
+            "input_size": [32, 32],
+            "data.format": "synthetic",
+            "data.root": str(data_root),
+            "data.category": "fabric",
+            "data.val_fraction": 0.3,
+            "data.workers": 0,
+            "max_steps": 3,
+            "batch_size": 2,
+            "val_every_steps": 3,
+            "device": "cpu",
+            "out": str(root / "runs"),
+        },
+    )
+    return Path(train(config, progress=False))
+
+
+@pytest.fixture(scope="module", params=["rdna", "draem"])
+def exported(request, tmp_path_factory):
+    """(run directory, exported model path, CLI result) for a tiny trained run of each detector."""
+    run_dir = train_tiny_run(tmp_path_factory.mktemp(request.param), request.param)
+    result = CliRunner().invoke(cli, ["export", str(run_dir), "--onnx"])
+    assert result.exit_code == 0, result.output
+    return run_dir, run_dir / "export" / "model.onnx", result
+
+
+def model_metadata(path: Path) -> ModelMetadata:
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return ModelMetadata.from_json(session.get_modelmeta().custom_metadata_map[METADATA_KEY], str(path))
+
+
+def test_export_prints_parity_and_writes_the_model_and_its_components(exported):
+    run_dir, model_path, result = exported
+    assert "max |diff| score" in result.output and "max |diff| anomaly_map" in result.output
+    assert "decisions changed at the calibrated thresholds" in result.output
+    assert f"wrote {model_path}" in result.output
+    assert model_path.is_file()
+    components = sorted(path.stem for path in (model_path.parent / "components").glob("*.onnx"))
+    from training.checkpoint import load_detector
+
+    detector, _, _ = load_detector(run_dir)
+    assert components == sorted(detector.components())
+    assert not list(model_path.parent.rglob("*.tmp"))
+
+
+def test_metadata_carries_the_run_calibration_and_round_trips(exported):
+    from inspector.calibration import Calibration
+
+    run_dir, model_path, _ = exported
+    metadata = model_metadata(model_path)
+    calibration = Calibration.load(run_dir / "calibration.json")
+    assert metadata.detector == run_dir.name
+    assert metadata.input_size == [32, 32] and metadata.channels == 3
+    assert metadata.image_threshold == pytest.approx(calibration.image_threshold)
+    assert metadata.pixel_threshold == pytest.approx(calibration.pixel_threshold)
+    assert metadata.normalization == {
+        "image": [pytest.approx(calibration.image_min), pytest.approx(calibration.image_max)],
+        "pixel": [pytest.approx(calibration.pixel_min), pytest.approx(calibration.pixel_max)],
+    }
+    assert metadata.calibration["method"] == calibration.method
+    assert metadata.trained_on["dataset"] == "synthetic" and metadata.trained_on["category"] == "fabric"
+    assert metadata.extra["opset"] == 17
+    assert metadata.parity["passed"] and metadata.parity["batch_sizes"] == [1, 4]
+    assert ModelMetadata.from_json(metadata.to_json()) == metadata
+
+
+def test_the_onnx_model_matches_torch_on_validation_images_at_batch_1_and_4(exported):
+    from training.checkpoint import load_detector
+    from training.data import build_splits
+    from training.data.dataset import load_rgb
+
+    run_dir, model_path, _ = exported
+    detector, config, _ = load_detector(run_dir)
+    splits = build_splits(config)
+    images = prepare_batch([load_rgb(sample) for sample in (splits.val + splits.test)[:4]], (32, 32), 3)
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    with torch.no_grad():
+        torch_scores, torch_maps = (tensor.numpy() for tensor in detector(torch.from_numpy(images)))
+    batched = session.run([SCORE_OUTPUT, MAP_OUTPUT], {INPUT_NAME: images})
+    one_by_one = [session.run([SCORE_OUTPUT, MAP_OUTPUT], {INPUT_NAME: images[i : i + 1]}) for i in range(4)]
+    for scores, maps in (
+        batched,
+        (np.concatenate([s for s, _ in one_by_one]), np.concatenate([m for _, m in one_by_one])),
+    ):
+        assert np.abs(scores - torch_scores).max() <= 1e-4
+        assert np.abs(maps - torch_maps).max() <= 1e-4
+
+
+def test_components_load_and_run_in_onnxruntime(exported):
+    _, model_path, _ = exported
+    for path in sorted((model_path.parent / "components").glob("*.onnx")):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feeds = {
+            item.name: np.random.default_rng(0).random(
+                [3 if not isinstance(d, int) else d for d in item.shape], dtype=np.float32
+            )
+            for item in session.get_inputs()
+        }
+        for output in session.run(None, feeds):
+            assert output.shape[0] == 3 and np.isfinite(output).all(), path.name
+
+
+def test_info_prints_metadata_inputs_outputs_opset_and_providers(exported):
+    run_dir, model_path, _ = exported
+    result = CliRunner().invoke(cli, ["info", str(model_path)])
+    assert result.exit_code == 0, result.output
+    for expected in (
+        f"detector      {run_dir.name}",
+        "image float32 [batch, 3, 32, 32]",
+        "score float32 [batch]",
+        "anomaly_map float32 [batch, 1, 32, 32]",
+        "opset         17",
+        "CPUExecutionProvider",
+        "parity        max |diff| score",
+    ):
+        assert expected in result.output
+    as_json = json.loads(CliRunner().invoke(cli, ["info", str(model_path), "--json"]).output)
+    assert ModelMetadata.from_json(json.dumps(as_json["metadata"])) == model_metadata(model_path)
+    component = next((model_path.parent / "components").glob("*.onnx"))
+    described = CliRunner().invoke(cli, ["info", str(component)])
+    assert (
+        described.exit_code == 0 and f"component     {component.stem} of {run_dir.name}" in described.output
+    )
+
+
+def test_info_refuses_a_file_that_is_not_an_inspector_model(tmp_path):
+    (tmp_path / "notes.onnx").write_text("not a model")
+    result = CliRunner().invoke(cli, ["info", str(tmp_path / "notes.onnx")])
+    assert result.exit_code == 2
+    assert result.stderr.startswith(f"error: {tmp_path / 'notes.onnx'}: not a loadable ONNX model")
