@@ -1,0 +1,11 @@
+"""The torch-free runtime: exported models in onnxruntime, images and video through OpenCV.
+
+Imports numpy, OpenCV, onnxruntime and ``inspector`` only, so an edge box needs the base install alone.
+
+- ``session``: load ``model.onnx``, validate its metadata, choose the execution provider.
+- ``scoring``: images → normalised scores, labels, anomaly maps and defect regions.
+- ``overlay``: heatmap, contours and badge drawn on the original image.
+- ``folder`` and ``report``: ``inspector inspect``, pipelined, with a crash-safe CSV/JSONL report.
+- ``sources`` and ``watch``: ``inspector watch`` on cameras, videos, streams and folders.
+- ``bench``: model-only versus end-to-end throughput.
+"""
