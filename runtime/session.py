@@ -129,7 +129,7 @@ def load_model(
 ) -> ModelSession:
     """Open ``model.onnx`` for inference on ``device`` (auto, cpu, cuda, coreml, tensorrt, openvino).
 
-    ``threads`` caps onnxruntime's intra-op threads (0: onnxruntime's default, one per core). ``warn``
+    ``threads`` sets onnxruntime's intra-op threads (0: one per physical core, see :func:`default_threads`). ``warn``
     receives the one-line fallback warning (default: the ``inspector.runtime`` logger).
 
     Raises:
@@ -148,7 +148,7 @@ def load_model(
     if warning:
         warn(warning)
     options = ort.SessionOptions()
-    options.intra_op_num_threads = max(0, int(threads))
+    options.intra_op_num_threads = int(threads) if threads > 0 else default_threads()
     options.log_severity_level = 3  # onnxruntime's own provider-fallback chatter is replaced by ours
     # With spinning, idle inference threads busy-wait between batches and starve the threads that decode
     # the next images; without it, decode and inference overlap on small machines.
@@ -171,6 +171,25 @@ def load_model(
             raise InspectorError(message + "; check the driver and libraries or drop --strict-device")
         warn(message + "; running on the CPU")
     return ModelSession(path, session, metadata, device)
+
+
+def default_threads() -> int:
+    """One inference thread per physical core this process may use (0 on systems where that is unknown).
+
+    Left at 0, onnxruntime picks the same count but also pins its threads to cores; a pinned thread cannot
+    move off a core that a decode thread is using, and the whole operator waits for it. Giving the count
+    explicitly leaves placement to the OS scheduler.
+    """
+    if not hasattr(os, "sched_getaffinity"):
+        return 0  # macOS, Windows: onnxruntime's own default
+    cores = set()
+    for cpu in os.sched_getaffinity(0):
+        topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
+        try:
+            cores.add(((topology / "physical_package_id").read_text(), (topology / "core_id").read_text()))
+        except OSError:
+            cores.add(("cpu", str(cpu)))  # no topology information: count logical CPUs
+    return max(1, len(cores))
 
 
 def _check_signature(session: ort.InferenceSession, metadata: ModelMetadata, path: Path) -> None:

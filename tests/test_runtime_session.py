@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
@@ -16,7 +18,7 @@ from inspector.artifact import METADATA_KEY
 from inspector.cli import cli
 from inspector.errors import ArtifactError, InspectorError
 from runtime import session as session_module
-from runtime.session import CPU, choose_providers, load_model
+from runtime.session import CPU, choose_providers, default_threads, load_model
 
 CUDA, COREML, TENSORRT = "CUDAExecutionProvider", "CoreMLExecutionProvider", "TensorrtExecutionProvider"
 
@@ -142,3 +144,16 @@ def test_loaded_model_exposes_input_size_channels_and_calibration(tmp_path):
     assert session.input_size == (24, 40) and session.channels == 1
     assert session.calibration.image_threshold == pytest.approx(0.25)
     assert session.providers == [CPU]
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_getaffinity"), reason="thread affinity is read on Linux")
+def test_inference_threads_are_not_pinned_to_cores_so_decode_threads_cannot_stall_them(tmp_path):
+    def thread_ids():
+        return {int(tid) for tid in os.listdir(f"/proc/{os.getpid()}/task")}
+
+    before = thread_ids()
+    session = load_model(build_deviation_model(tmp_path / "m.onnx"))
+    session.run(np.zeros((1, 3, 32, 32), np.float32))  # starts onnxruntime's thread pool
+    allowed = os.sched_getaffinity(0)
+    assert all(os.sched_getaffinity(tid) == allowed for tid in thread_ids() - before)
+    assert 1 <= default_threads() <= len(allowed)

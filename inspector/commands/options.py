@@ -40,7 +40,7 @@ threads_option = click.option(
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="onnxruntime intra-op threads; 0 lets onnxruntime use one per physical core.",
+    help="onnxruntime intra-op threads; 0 = one per physical core available to this process.",
 )
 threshold_option = click.option(
     "--threshold",
