@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import json
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -99,9 +100,13 @@ def test_an_interrupted_write_leaves_the_previous_file_and_no_temporary(tmp_path
 
 
 def train_tiny_run(root: Path, detector: str) -> Path:
-    """Train ``detector`` for 3 steps on a tiny generated dataset (48x48 images, 32x32 input)."""
+    """Train ``detector`` for 3 steps on a tiny generated dataset (48x48 images, 32x32 input), then calibrate.
+
+    Plots are left out: they are not under test here and cost seconds on a 2-core machine.
+    """
     from inspector.config import load_config
     from training.data.synthetic import generate_dataset
+    from training.evaluate import evaluate_run
     from training.trainer import train
 
     data_root = root / "data"
@@ -127,13 +132,28 @@ def train_tiny_run(root: Path, detector: str) -> Path:
             "out": str(root / "runs"),
         },
     )
-    return Path(train(config, progress=False))
+    run_dir = Path(train(config, progress=False, evaluate=False, log=lambda *args: None))
+    evaluate_run(run_dir, plots=False, log=lambda *args: None)
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def trained_runs(tmp_path_factory):
+    """Tiny trained and calibrated runs by detector name, each trained once per module."""
+    runs: dict[str, Path] = {}
+
+    def trained(name: str) -> Path:
+        if name not in runs:
+            runs[name] = train_tiny_run(tmp_path_factory.mktemp(name), name)
+        return runs[name]
+
+    return trained
 
 
 @pytest.fixture(scope="module", params=["rdna", "draem"])
-def exported(request, tmp_path_factory):
+def exported(request, trained_runs):
     """(run directory, exported model path, CLI result) for a tiny trained run of each detector."""
-    run_dir = train_tiny_run(tmp_path_factory.mktemp(request.param), request.param)
+    run_dir = trained_runs(request.param)
     result = CliRunner().invoke(cli, ["export", str(run_dir), "--onnx"])
     assert result.exit_code == 0, result.output
     return run_dir, run_dir / "export" / "model.onnx", result
@@ -243,3 +263,106 @@ def test_info_refuses_a_file_that_is_not_an_inspector_model(tmp_path):
     result = CliRunner().invoke(cli, ["info", str(tmp_path / "notes.onnx")])
     assert result.exit_code == 2
     assert result.stderr.startswith(f"error: {tmp_path / 'notes.onnx'}: not a loadable ONNX model")
+
+
+# --- bad input: one line, exit code 2 (1 for a failed parity check), and no half-written model ----------------
+
+
+@pytest.fixture
+def run_copy(trained_runs, tmp_path):
+    """A fresh copy of a trained draem run (without any export), for tests that damage it."""
+    copy = tmp_path / "run"
+    shutil.copytree(trained_runs("draem"), copy, ignore=shutil.ignore_patterns("export"))
+    return copy
+
+
+def export_cli(*args: str):
+    return CliRunner().invoke(cli, ["export", *args])
+
+
+def rewrite_checkpoint(run_dir: Path, **changes) -> None:
+    for path in (run_dir / "checkpoints").glob("*.pt"):
+        state = torch.load(path, weights_only=True)
+        state.update(changes)
+        torch.save(state, path)
+
+
+def assert_refused(result, message: str, code: int = 2) -> None:
+    assert result.exit_code == code, result.output
+    assert message in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_export_refuses_a_missing_run_directory(tmp_path):
+    assert_refused(export_cli(str(tmp_path / "nope"), "--onnx"), "no such run directory")
+
+
+def test_export_refuses_a_run_without_checkpoint(run_copy):
+    shutil.rmtree(run_copy / "checkpoints")
+    result = export_cli(str(run_copy), "--onnx")
+    assert_refused(result, f"error: no checkpoint at {run_copy / 'checkpoints' / 'best.pt'}")
+    assert not (run_copy / "export").exists()
+
+
+def test_export_refuses_a_checkpoint_of_an_unknown_detector(run_copy):
+    rewrite_checkpoint(run_copy, detector="autoencoder9000")
+    assert_refused(export_cli(str(run_copy), "--onnx"), "unknown detector 'autoencoder9000'; choose one of")
+
+
+def test_export_refuses_a_checkpoint_of_an_incompatible_format(run_copy):
+    rewrite_checkpoint(run_copy, format_version=99)
+    assert_refused(export_cli(str(run_copy), "--onnx"), "checkpoint format 99")
+
+
+def test_export_refuses_an_uncalibrated_run_unless_allowed(run_copy):
+    (run_copy / "calibration.json").unlink()
+    assert_refused(export_cli(str(run_copy), "--onnx"), "the run was never calibrated (no calibration.json)")
+    assert not (run_copy / "export").exists()
+
+    allowed = export_cli(str(run_copy), "--onnx", "--allow-uncalibrated", "--no-components")
+    assert allowed.exit_code == 0, allowed.output
+    assert "warning:" in allowed.stderr and "calibration: none" in allowed.stderr
+    metadata = model_metadata(run_copy / "export" / "model.onnx")
+    assert metadata.calibration == {"method": "none"}
+    assert "calibration: none" in metadata.extra["warnings"][0]
+
+
+def test_export_never_overwrites_a_model_unless_forced(run_copy):
+    model_path = run_copy / "export" / "model.onnx"
+    assert export_cli(str(run_copy), "--onnx").exit_code == 0
+    before = model_path.read_bytes()
+    assert_refused(export_cli(str(run_copy), "--onnx"), f"{model_path} already exists; pass --force")
+    assert model_path.read_bytes() == before
+
+    forced = export_cli(str(run_copy), "--onnx", "--force", "--no-components")
+    assert forced.exit_code == 0, forced.output
+    assert model_metadata(model_path).extra["components"] == {}
+    assert not list((model_path.parent / "components").glob("*.onnx")), "stale components of the old model"
+    assert not list(model_path.parent.rglob("*.tmp"))
+
+
+def test_export_failing_parity_exits_1_says_by_how_much_and_writes_nothing(run_copy, monkeypatch):
+    from export import parity
+
+    real_session = parity.onnx_session
+
+    class ScoresOffByOneTenth:
+        def __init__(self, onnx_bytes):
+            self.session = real_session(onnx_bytes)
+
+        def run(self, names, feeds):
+            score, anomaly_map = self.session.run(names, feeds)
+            return score + 0.1, anomaly_map
+
+    monkeypatch.setattr(parity, "onnx_session", ScoresOffByOneTenth)
+    result = export_cli(str(run_copy), "--onnx")
+    assert_refused(result, "score differs by 0.1 (allowed 0.0001, 1000.0x over)", code=1)
+    assert not (run_copy / "export" / "model.onnx").exists()
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [("--opset=99", "--opset 99 is not supported"), ("--tolerance=0", "--tolerance must be > 0")],
+)
+def test_export_refuses_bad_options(run_copy, option, message):
+    assert_refused(export_cli(str(run_copy), "--onnx", option), message)

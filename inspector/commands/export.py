@@ -76,12 +76,9 @@ def export_command(
     """
     if not to_onnx:
         raise InspectorError("choose an export format: --onnx")
-    import torch
-
     from export.parity import ParityError
     from export.pipeline import export_run
 
-    torch.set_grad_enabled(False)
     try:
         export_run(
             run_dir,

@@ -17,6 +17,8 @@ from inspector.artifact import METADATA_KEY, ModelMetadata
 from inspector.errors import ArtifactError, InspectorError
 
 COMPONENT_METADATA_KEY = "inspector_component"  # written by export/writer.py for components/*.onnx
+# onnxruntime's element names, as numpy (and the artifact contract in DESIGN.md) spell them.
+_NUMPY_NAMES = {"float": "float32", "double": "float64", "float16": "float16"}
 
 
 def read_model_info(path: str | Path) -> dict[str, Any]:
@@ -69,7 +71,8 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
 
 def _tensor(item: Any) -> dict[str, Any]:
     shape = [dim if isinstance(dim, int) else (dim or "?") for dim in item.shape]
-    return {"name": item.name, "type": item.type.replace("tensor(", "").rstrip(")"), "shape": shape}
+    element = item.type.replace("tensor(", "").rstrip(")")
+    return {"name": item.name, "type": _NUMPY_NAMES.get(element, element), "shape": shape}
 
 
 def _declared_opset(path: Path) -> int | None:
