@@ -6,6 +6,8 @@ import inspect
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -256,6 +258,20 @@ def test_info_prints_metadata_inputs_outputs_opset_and_providers(exported):
     assert (
         described.exit_code == 0 and f"component     {component.stem} of {run_dir.name}" in described.output
     )
+
+
+def test_info_works_with_the_base_install_without_torch_or_onnx(exported):
+    _, model_path, _ = exported
+    hide_train_extras = "import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None; "
+    command = (
+        hide_train_extras
+        + f"from inspector.cli import main; sys.argv = ['inspector', 'info', {str(model_path)!r}]; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", command], check=False, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert "opset         17" in result.stdout and "score float32 [batch]" in result.stdout
 
 
 def test_info_refuses_a_file_that_is_not_an_inspector_model(tmp_path):
