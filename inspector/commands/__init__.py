@@ -20,3 +20,8 @@ from inspector.commands.watch import watch_command
 from inspector.commands.bench import bench_command
 
 COMMANDS.extend([inspect_command, watch_command, bench_command])
+
+from inspector.commands.train import train_command
+from inspector.commands.evaluate import eval_command
+
+COMMANDS.extend([train_command, eval_command])

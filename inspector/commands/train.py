@@ -1,0 +1,226 @@
+"""``inspector train``: train a detector from a config file, with command-line overrides; then evaluate it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from inspector.commands.options import torch_device_option
+from inspector.config import DATA_FORMATS, load_config
+from inspector.errors import InspectorError
+
+#: ``--resume`` given without a run directory: resume ``<out>/<name>`` of the config.
+RESUME_FROM_CONFIG = "\0config"
+#: What a resumed run may change; everything else is fixed by the run's own config.yaml.
+RESUMABLE = (
+    "epochs",
+    "max_steps",
+    "time_limit_minutes",
+    "device",
+    "data.root",
+    "data.anomaly_source",
+    "data.workers",
+)
+
+
+def _log(line: str) -> None:
+    click.echo(line, err=line.startswith("warning:"))
+
+
+def _input_size(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    parts = value.lower().replace(",", "x").split("x")
+    try:
+        size = [int(part) for part in parts]
+    except ValueError:
+        size = []
+    if len(size) == 1:
+        size = size * 2
+    if len(size) != 2 or min(size) < 8:
+        raise InspectorError(
+            f"--input-size {value}: give SIZE or HEIGHTxWIDTH, each at least 8 (e.g. 128 or 128x160)"
+        )
+    return size
+
+
+@click.command("train", short_help="Train an anomaly detector on images of good parts, then evaluate it.")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=str),
+    default=None,
+    help="YAML config (e.g. configs/rdna_cpu.yaml); options below override it. Default: built-in defaults.",
+)
+@click.option("--detector", default=None, help="Detector name: rdna, draem, alocc, bigan, memvae, advvae.")
+@click.option(
+    "--data",
+    "data_root",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Dataset folder (data.root): the folder holding the MVTec categories, the built-in data's folder, "
+    "or the base of relative folder paths.",
+)
+@click.option(
+    "--format",
+    "data_format",
+    type=click.Choice(DATA_FORMATS),
+    default=None,
+    help="Dataset layout (data.format).",
+)
+@click.option(
+    "--category", default=None, help="Category inside --data (MVTec or built-in), e.g. bottle or fabric."
+)
+@click.option(
+    "--normal-class",
+    type=int,
+    default=None,
+    help="The normal class of a one-class dataset (mnist, cifar10...).",
+)
+@click.option(
+    "--anomaly-source",
+    type=click.Path(path_type=str),
+    default=None,
+    help="Folder of texture images for synthetic anomalies (e.g. DTD's images/); default: generated textures.",
+)
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=str),
+    default=None,
+    help="Folder of runs (default runs).",
+)
+@click.option(
+    "--name", default=None, help="Run name: the run is written to OUT/NAME (NAME-2... if it exists)."
+)
+@click.option(
+    "--epochs", type=click.IntRange(min=1), default=None, help="Number of passes over the training images."
+)
+@click.option(
+    "--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimisation steps."
+)
+@click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop training cleanly after this many minutes (then evaluate).",
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per optimisation step.")
+@click.option(
+    "--input-size", default=None, help="Model input size: SIZE or HEIGHTxWIDTH (e.g. 128 or 128x160)."
+)
+@torch_device_option
+@click.option(
+    "--seed", type=int, default=None, help="Random seed (data split, weights, synthetic anomalies)."
+)
+@click.option(
+    "--workers", type=click.IntRange(min=0), default=None, help="Data-loader worker processes (0: none)."
+)
+@click.option(
+    "--resume",
+    is_flag=False,
+    flag_value=RESUME_FROM_CONFIG,
+    default=None,
+    metavar="[RUN_DIR]",
+    help="Continue an interrupted run from its last.pt (same step, optimizer state and schedule): "
+    "--resume runs/NAME, or --resume alone for OUT/NAME of the config. Only --epochs, --max-steps, "
+    "--time-limit, --device, --data, --anomaly-source and --workers may change.",
+)
+@click.option("--no-progress", is_flag=True, help="No progress line (the log still says what happens).")
+@click.option(
+    "--no-eval",
+    is_flag=True,
+    help="Skip calibration and evaluation after training (run `inspector eval RUN_DIR` later).",
+)
+def train_command(
+    config_path: str | None,
+    detector: str | None,
+    data_root: str | None,
+    data_format: str | None,
+    category: str | None,
+    normal_class: int | None,
+    anomaly_source: str | None,
+    out: str | None,
+    name: str | None,
+    epochs: int | None,
+    max_steps: int | None,
+    time_limit: float | None,
+    batch_size: int | None,
+    input_size: str | None,
+    device: str | None,
+    seed: int | None,
+    workers: int | None,
+    resume: str | None,
+    no_progress: bool,
+    no_eval: bool,
+) -> None:
+    """Train a detector on normal images, save checkpoints as it goes, then calibrate and evaluate it.
+
+    Writes OUT/NAME/: config.yaml, checkpoints/last.pt and best.pt, history.csv, metrics.json,
+    calibration.json and plots/. Ctrl-C saves last.pt and exits with code 130; continue with --resume.
+
+    \b
+    Examples:
+      inspector train --config configs/rdna_cpu.yaml
+      inspector train --config configs/draem_cpu.yaml --format mvtec --data mvtec_ad \\
+          --category bottle --anomaly-source dtd/images
+      inspector train --resume runs/rdna_cpu
+    """
+    overrides = {
+        "detector": detector,
+        "data.root": data_root,
+        "data.format": data_format,
+        "data.category": category,
+        "data.normal_class": normal_class,
+        "data.anomaly_source": anomaly_source,
+        "data.workers": workers,
+        "out": out,
+        "name": name,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "time_limit_minutes": time_limit,
+        "batch_size": batch_size,
+        "input_size": _input_size(input_size),
+        "device": device,
+        "seed": seed,
+    }
+    given = {key: value for key, value in overrides.items() if value is not None}
+
+    if resume is None:
+        config = load_config(config_path, given)
+        if name is None and config.name == "run" and config_path is None:
+            config.name = config.detector
+    else:
+        if resume == RESUME_FROM_CONFIG:
+            run_dir = load_config(
+                config_path, {k: v for k, v in given.items() if k in ("out", "name")}
+            ).run_dir
+        else:
+            run_dir = Path(resume)
+            if config_path is not None:
+                raise InspectorError("--resume RUN_DIR uses the run's own config.yaml; drop --config")
+        fixed = sorted(key for key in given if key not in RESUMABLE and key not in ("out", "name"))
+        if fixed:
+            flags = ", ".join(
+                f"--{key.split('.')[-1].replace('_minutes', '').replace('_', '-')}" for key in fixed
+            )
+            raise InspectorError(f"{flags} cannot change when resuming {run_dir}; start a new run instead")
+        if not (run_dir / "config.yaml").is_file():
+            raise InspectorError(
+                f"{run_dir} is not a run directory (no config.yaml); give the folder `inspector train` printed"
+            )
+        config = load_config(run_dir / "config.yaml", {k: v for k, v in given.items() if k in RESUMABLE})
+        config.out, config.name = str(run_dir.parent), run_dir.name
+
+    from training.trainer import TrainingInterrupted, train
+
+    try:
+        run_dir = train(
+            config, resume=resume is not None, progress=not no_progress, evaluate=not no_eval, log=_log
+        )
+    except TrainingInterrupted as interrupted:
+        click.echo(f"\n{interrupted}", err=True)
+        raise SystemExit(130) from None
+    # The metrics summary was printed by the evaluation at the end of training.
+    click.echo(f"run: {run_dir}")
+    click.echo(f"next: inspector eval {run_dir}" if no_eval else f"next: inspector export {run_dir} --onnx")

@@ -1,0 +1,333 @@
+"""Evaluation of a trained run: calibrate on the validation split, measure on the test split.
+
+``evaluate_run(run_dir)`` writes ``calibration.json`` (thresholds and normalisation range, the numpy
+:func:`inspector.calibration.calibrate`), ``metrics.json`` (the numpy metrics of :mod:`inspector.metrics`)
+and ``plots/``. Images are scored through :class:`ImageDataset`, i.e. the shared preprocessing, and the
+detector's ``forward``: the same graph that export writes to ONNX.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from inspector.calibration import Calibration, calibrate
+from inspector.config import DATA_FORMATS, DataConfig
+from inspector.errors import InspectorError
+from inspector.metrics import image_metrics, pixel_metrics
+from training.checkpoint import atomic_write_text, load_detector
+from training.data import build_splits
+from training.data.dataset import ImageDataset
+from training.data.samples import Sample
+from training.detectors.base import Detector
+from training.device import resolve_device
+
+GRID_ROWS = 4
+PRIOR_SAMPLES = 16
+
+
+@dataclass
+class ScoredSplit:
+    """Raw scores of a split, with its ground truth.
+
+    ``scores`` ``[N]``, ``maps`` ``[N, H, W]`` (raw, at the model's input size), ``labels`` ``[N]``,
+    ``masks`` ``[N, H, W]`` bool, ``pixel_truth`` ``[N]``: whether the sample's mask is ground truth (normal
+    images, and anomalous images that have a mask).
+    """
+
+    scores: np.ndarray
+    maps: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+    pixel_truth: np.ndarray
+
+
+@torch.no_grad()
+def score_dataset(
+    detector: Detector, dataset: ImageDataset, batch_size: int, device: str | torch.device = "cpu"
+) -> ScoredSplit:
+    """Score every image of ``dataset`` in batches through ``detector.forward`` in eval mode."""
+    device = torch.device(device)
+    was_training = detector.training
+    detector.eval()
+    scores, maps, labels, masks = [], [], [], []
+    try:
+        for batch in DataLoader(dataset, batch_size=max(1, int(batch_size)), shuffle=False, num_workers=0):
+            score, anomaly_map = detector(batch["image"].to(device))
+            scores.append(score.detach().float().cpu().numpy().reshape(-1))
+            maps.append(anomaly_map.detach().float().cpu().numpy()[:, 0])
+            labels.append(batch["label"].numpy())
+            masks.append(batch["mask"].numpy()[:, 0] > 0.5)
+    finally:
+        detector.train(was_training)
+    height, width = dataset.input_size
+    if not scores:
+        empty = np.zeros((0, height, width), np.float32)
+        return ScoredSplit(
+            np.zeros(0, np.float32), empty, np.zeros(0, np.int64), empty.astype(bool), np.zeros(0, bool)
+        )
+    pixel_truth = np.array([s.label == 0 or s.mask is not None for s in dataset.samples], dtype=bool)
+    return ScoredSplit(
+        np.concatenate(scores),
+        np.concatenate(maps),
+        np.concatenate(labels),
+        np.concatenate(masks),
+        pixel_truth,
+    )
+
+
+def score_samples(
+    detector: Detector,
+    samples: list[Sample],
+    input_size: tuple[int, int] | list[int],
+    channels: int,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw image scores ``[N]`` and raw anomaly maps ``[N, H, W]`` of samples, through the shared preprocessing.
+
+    Example:
+        >>> scores, maps = score_samples(detector, splits.test, (128, 128), 3, batch_size=8, device="cpu")
+    """
+    scored = score_dataset(detector, ImageDataset(samples, tuple(input_size), channels), batch_size, device)
+    return scored.scores, scored.maps
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    data_overrides: dict[str, Any] | None = None,
+    checkpoint: str = "best",
+    device: str | None = None,
+    plots: bool = True,
+    log=print,
+) -> dict[str, Any]:
+    """Calibrate a run on its validation split and measure it on its test split.
+
+    Writes ``calibration.json``, ``metrics.json`` and ``plots/`` into ``run_dir`` and returns the metrics.
+    ``data_overrides`` replace fields of the run's ``data`` config (e.g. ``{"root": "/new/place"}``).
+
+    Raises:
+        InspectorError: no run or checkpoint, unreadable data, or data the calibration cannot use.
+
+    Example:
+        >>> metrics = evaluate_run("runs/rdna_cpu")
+        >>> round(metrics["image_auroc"], 3)
+        0.987
+    """
+    started = time.monotonic()
+    run_dir = Path(run_dir)
+    detector, config, state = load_detector(run_dir, which=checkpoint)
+    if data_overrides:
+        config.data = _override_data(config.data, data_overrides)
+    torch_device = resolve_device(device or config.device)
+    detector.to(torch_device).eval()
+    splits = build_splits(config)
+    notes: list[str] = []
+    batch_size = config.batch_size
+
+    # Calibration: on the validation split (held out of the training normals, never the test set).
+    calibration_samples, calibration_split = splits.val, "val"
+    if not calibration_samples:
+        calibration_samples, calibration_split = splits.train, "train"
+        notes.append("no validation images: calibrated on the training images (thresholds may be too low)")
+    calibration_set = ImageDataset(calibration_samples, config.input_size, config.channels)
+    val = score_dataset(detector, calibration_set, batch_size, torch_device)
+    with_masks = bool(np.any(val.labels[val.pixel_truth] == 1))
+    try:
+        calibration = calibrate(
+            val.scores,
+            val.labels,
+            val.maps,
+            masks=val.masks if with_masks else None,
+            method=config.calibration.method,
+            false_reject_rate=config.calibration.false_reject_rate,
+            pixel_false_positive_rate=config.calibration.pixel_false_positive_rate,
+            data={"split": calibration_split, **splits.description},
+        )
+    except ValueError as error:
+        raise InspectorError(
+            f"cannot calibrate {run_dir} on its {calibration_split} split: {error}"
+        ) from None
+    atomic_write_text(run_dir / "calibration.json", json.dumps(calibration.to_dict(), indent=2) + "\n")
+
+    # Test metrics at the calibrated thresholds.
+    test_set = ImageDataset(splits.test, config.input_size, config.channels)
+    test = score_dataset(detector, test_set, batch_size, torch_device)
+    metrics = _test_metrics(test, calibration, notes)
+    metrics.update(
+        {
+            "image_threshold": calibration.image_threshold,
+            "pixel_threshold": calibration.pixel_threshold,
+            "calibration": {
+                "method": calibration.method,
+                "target": calibration.target,
+                "split": calibration_split,
+            },
+            "images": {
+                "test": len(test.labels),
+                "test_normal": int(np.sum(test.labels == 0)),
+                "test_anomalous": int(np.sum(test.labels == 1)),
+                "test_anomalous_with_masks": int(np.sum((test.labels == 1) & test.pixel_truth)),
+                "calibration": len(val.labels),
+            },
+            "detector": config.detector,
+            "checkpoint": checkpoint,
+            "step": state.get("step"),
+            "epoch": state.get("epoch"),
+            "data": dict(splits.description),
+            "input_size": list(config.input_size),
+            "device": torch_device.type,
+            "notes": notes,
+        }
+    )
+
+    if plots:
+        metrics["plots"] = _make_plots(run_dir, detector, test_set, test, calibration, torch_device, notes)
+    metrics["seconds"] = round(time.monotonic() - started, 2)
+    atomic_write_text(run_dir / "metrics.json", json.dumps(metrics, indent=2) + "\n")
+    for line in summary_lines(metrics, run_dir):
+        log(line)
+    return metrics
+
+
+def _override_data(data: DataConfig, overrides: dict[str, Any]) -> DataConfig:
+    unknown = sorted(set(overrides) - set(DataConfig.__dataclass_fields__))
+    if unknown:
+        raise InspectorError(f"unknown data option(s) {', '.join(unknown)}")
+    data = dataclasses.replace(data, **{key: value for key, value in overrides.items() if value is not None})
+    if data.format not in DATA_FORMATS:
+        raise InspectorError(f"data format '{data.format}' unknown; use one of {', '.join(DATA_FORMATS)}")
+    return data
+
+
+def _test_metrics(test: ScoredSplit, calibration: Calibration, notes: list[str]) -> dict[str, Any]:
+    metrics: dict[str, Any] = {}
+    normal, anomalous = test.labels == 0, test.labels == 1
+    flagged = test.scores >= calibration.image_threshold
+    if normal.any():
+        metrics["false_reject_rate"] = float(np.mean(flagged[normal]))
+    if anomalous.any():
+        metrics["detection_rate"] = float(np.mean(flagged[anomalous]))
+    if normal.any() and anomalous.any():
+        metrics.update(image_metrics(test.labels, test.scores, threshold=calibration.image_threshold))
+    else:
+        notes.append(
+            "the test split needs normal and anomalous images for image AUROC, AP and F1; they were skipped"
+        )
+    truth = test.pixel_truth
+    if truth.any() and test.masks[truth].any():
+        metrics.update(
+            pixel_metrics(test.masks[truth], test.maps[truth], threshold=calibration.pixel_threshold)
+        )
+    else:
+        notes.append("the test split has no defect masks: pixel metrics were skipped")
+    return metrics
+
+
+def _grid_rows(dataset: ImageDataset, count: int) -> list[int]:
+    """A few test images to show: one anomalous image of each defect kind first, then normal ones."""
+    chosen: list[int] = []
+    seen: set[str] = set()
+    for index, sample in enumerate(dataset.samples):
+        if sample.label == 1 and sample.defect not in seen:
+            seen.add(sample.defect)
+            chosen.append(index)
+    normals = [index for index, sample in enumerate(dataset.samples) if sample.label == 0]
+    chosen = chosen[: max(count - 1, 1)] if normals else chosen[:count]
+    chosen += normals[: count - len(chosen)]
+    return chosen[:count]
+
+
+def _make_plots(
+    run_dir: Path,
+    detector: Detector,
+    test_set: ImageDataset,
+    test: ScoredSplit,
+    calibration: Calibration,
+    device: torch.device,
+    notes: list[str],
+) -> list[str]:
+    try:
+        from training import plots
+    except ImportError as error:  # matplotlib is part of the [train] extra
+        notes.append(f"plots skipped ({error}); install inspector[train]")
+        return []
+    folder = run_dir / "plots"
+    written = [plots.plot_loss_curves(run_dir / "history.csv", folder / "loss_curves.png")]
+    written.append(plots.plot_roc(test.labels, test.scores, folder / "roc.png"))
+    written.append(
+        plots.plot_score_histogram(
+            test.labels, test.scores, calibration.image_threshold, folder / "score_histogram.png"
+        )
+    )
+    rows = _grid_rows(test_set, GRID_ROWS)
+    if rows:
+        images = torch.stack([test_set[index]["image"] for index in rows])
+        with torch.no_grad():
+            visuals = {
+                name: value.float().cpu().numpy()
+                for name, value in detector.visuals(images.to(device)).items()
+            }
+        columns: dict[str, np.ndarray] = dict(visuals)
+        columns["anomaly map"] = calibration.normalize_anomaly_maps(test.maps[rows])
+        if test.pixel_truth[rows].any() and test.masks[rows].any():
+            columns["ground truth"] = test.masks[rows].astype(np.float32)
+        names = [test_set.samples[index].name or str(index) for index in rows]
+        scores = calibration.normalize_image_scores(test.scores[rows])
+        titles = [f"{name}\nscore {score:.2f}" for name, score in zip(names, scores)]
+        written.append(plots.plot_sample_grid(images.numpy(), columns, titles, folder / "samples.png"))
+    with torch.no_grad():
+        prior = detector.prior_samples(PRIOR_SAMPLES)
+    if prior is not None:
+        written.append(plots.plot_image_grid(prior.float().cpu().numpy(), folder / "prior_samples.png"))
+    return [str(path.relative_to(run_dir)) for path in written if path is not None]
+
+
+def summary_lines(metrics: dict[str, Any], run_dir: str | Path | None = None) -> list[str]:
+    """A few human-readable lines of ``metrics.json`` for the command line."""
+    images = metrics.get("images", {})
+    lines = []
+
+    def values(keys: list[tuple[str, str]]) -> str:
+        return "  ".join(f"{label} {metrics[key]:.3f}" for key, label in keys if key in metrics)
+
+    image_part = values(
+        [("image_auroc", "AUROC"), ("image_ap", "AP"), ("image_f1", "F1"), ("fpr_at_95_tpr", "FPR@95TPR")]
+    )
+    pixel_part = values(
+        [("pixel_auroc", "AUROC"), ("pixel_ap", "AP"), ("aupro", "AUPRO"), ("pixel_f1", "F1")]
+    )
+    lines.append(
+        f"test: {images.get('test', 0)} images ({images.get('test_anomalous', 0)} anomalous), "
+        f"{metrics.get('checkpoint', 'best')} checkpoint at step {metrics.get('step')}"
+    )
+    if image_part:
+        lines.append(f"  image: {image_part}")
+    if pixel_part:
+        lines.append(f"  pixel: {pixel_part}")
+    rates = values([("false_reject_rate", "false rejects"), ("detection_rate", "detected")])
+    if rates:
+        lines.append(f"  at the calibrated threshold: {rates}")
+    calibration = metrics.get("calibration", {})
+    target = calibration.get("target")
+    target_text = f", target false-reject rate {target:g}" if target is not None else ""
+    lines.append(
+        f"calibration: {calibration.get('method')} on {images.get('calibration', 0)} {calibration.get('split')} "
+        f"images{target_text}: image threshold {metrics.get('image_threshold', float('nan')):.4g}, "
+        f"pixel threshold {metrics.get('pixel_threshold', float('nan')):.4g}"
+    )
+    for note in metrics.get("notes", []):
+        lines.append(f"note: {note}")
+    if run_dir is not None:
+        lines.append(
+            f"wrote {Path(run_dir) / 'metrics.json'}, {Path(run_dir) / 'calibration.json'}, {Path(run_dir) / 'plots'}/"
+        )
+    return lines

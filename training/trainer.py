@@ -1,0 +1,631 @@
+"""Training: one function you can read top to bottom, then evaluation and calibration of the result.
+
+``train(config)`` reads the data, builds the detector, runs the optimisation loop with validation,
+checkpoints and a history, and finally scores the validation and test splits (``training.evaluate``).
+What it writes is the run directory of DESIGN.md::
+
+    runs/<name>/config.yaml              the fully resolved configuration
+    runs/<name>/checkpoints/last.pt      resumable, written atomically
+    runs/<name>/checkpoints/best.pt      lowest validation loss so far
+    runs/<name>/history.csv              one row per step: losses, validation loss, learning rate, time
+    runs/<name>/metrics.json, calibration.json, plots/
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import io
+import math
+import random
+import shutil
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from inspector.config import TrainConfig
+from inspector.errors import InspectorError
+from training.checkpoint import (
+    atomic_write,
+    atomic_write_text,
+    checkpoint_path,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
+from training.data import build_splits
+from training.data.dataset import ImageDataset
+from training.detectors.base import Detector, build_detector
+from training.device import resolve_device
+
+#: ``last.pt`` is refreshed at the end of an epoch at most this often (a large model's optimizer state is
+#: gigabytes; Ctrl-C, the time limit and the end of training always write it).
+LAST_CHECKPOINT_MIN_SECONDS = 60.0
+HISTORY_FILE = "history.csv"
+
+
+class _Diverged(InspectorError):
+    """Non-finite losses: the weights are no longer worth saving."""
+
+
+class TrainingInterrupted(KeyboardInterrupt):
+    """Ctrl-C during training: ``last.pt`` was saved at ``step`` and the run can be resumed."""
+
+    def __init__(self, run_dir: Path, step: int) -> None:
+        super().__init__(f"interrupted at step {step}; resume with: inspector train --resume {run_dir}")
+        self.run_dir = run_dir
+        self.step = step
+
+
+def train(
+    config: TrainConfig,
+    resume: bool = False,
+    progress: bool = True,
+    evaluate: bool = True,
+    log=print,
+) -> Path:
+    """Train ``config.detector`` on ``config.data``; return the run directory.
+
+    With ``resume`` the run ``config.run_dir`` continues from its ``last.pt`` at the saved step, with the
+    saved optimizer and scheduler state and random streams. Without it a new run directory is made
+    (``<name>-2``, ``<name>-3``... when ``<name>`` is taken). With ``evaluate`` the best checkpoint is scored
+    and calibrated at the end (``metrics.json``, ``calibration.json``, ``plots/``).
+
+    Raises:
+        InspectorError: bad input (data, detector, options, device); nothing in the run directory is lost.
+        TrainingInterrupted: Ctrl-C; ``last.pt`` holds the state to resume from.
+
+    Example:
+        >>> run_dir = train(load_config("configs/rdna_cpu.yaml", {"epochs": 1}))
+    """
+    config = copy.deepcopy(config)
+    device = resolve_device(config.device)
+
+    # The data first: a missing folder or unknown category fails before anything is written.
+    splits = build_splits(config)
+    if not splits.train:
+        raise InspectorError("the training split holds no images; add normal training images")
+
+    checkpoint = None
+    if resume:
+        run_dir = config.run_dir
+        checkpoint = load_checkpoint(checkpoint_path(run_dir, "last"))
+        if checkpoint["detector"] != config.detector:
+            raise InspectorError(
+                f"{run_dir} was trained as '{checkpoint['detector']}', not '{config.detector}'; resume it "
+                "with its own config.yaml"
+            )
+    else:
+        run_dir = _new_run_dir(config.run_dir)
+        config.name = run_dir.name
+
+    _seed_everything(config.seed)
+    detector = _build_detector(config).to(device)
+
+    # Datasets: every image goes through the shared preprocessing (ImageDataset); detectors that learn
+    # from synthetic anomalies get them pasted in, fresh each epoch, and a fixed set for validation.
+    train_set: Dataset = ImageDataset(splits.train, config.input_size, config.channels)
+    val_set: Dataset = ImageDataset(splits.val, config.input_size, config.channels)
+    if detector.uses_synthetic_anomalies:
+        from training.data.anomaly_source import anomaly_source_from_config
+        from training.data.synthesis import SyntheticAnomalyDataset
+
+        source = anomaly_source_from_config(config)
+        train_set = SyntheticAnomalyDataset(train_set, source, seed=config.seed)
+        val_set = SyntheticAnomalyDataset(val_set, source, seed=config.seed + 1)
+
+    batch_size = min(config.batch_size, len(train_set))
+    if batch_size < config.batch_size:
+        log(
+            f"warning: only {len(train_set)} training images: batch size {batch_size} instead of {config.batch_size}"
+        )
+    steps_per_epoch = len(train_set) // batch_size
+    total_steps = config.epochs * steps_per_epoch
+    if config.max_steps is not None:
+        total_steps = min(total_steps, config.max_steps)
+    if total_steps < 1:
+        raise InspectorError(
+            f"nothing to train: epochs {config.epochs}, max_steps {config.max_steps}; use >= 1"
+        )
+
+    sampler = _EpochSampler(len(train_set), config.seed)
+    workers = max(0, int(config.data.workers))
+    train_loader = DataLoader(
+        _EpochItems(train_set),
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=True,  # equal batches: batch norm and the loss scale do not jump at an epoch's end
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        worker_init_fn=_seed_worker,
+        generator=torch.Generator().manual_seed(config.seed),
+        pin_memory=device.type == "cuda",
+    )
+    val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=0)
+
+    detector.configure_optimizers(config.lr, total_steps)
+    step, best_val_loss, elapsed_before = 0, None, 0.0
+    if checkpoint is not None:
+        detector.load_state_dict(checkpoint["model"])
+        detector.load_optimizer_state(checkpoint["optimizer"])
+        restore_rng_state(checkpoint["rng"])
+        step = int(checkpoint["step"])
+        best_val_loss = checkpoint["best_val_loss"]
+        elapsed_before = float(checkpoint["elapsed_seconds"])
+        if checkpoint.get("steps_per_epoch") not in (None, steps_per_epoch):
+            log(
+                f"warning: the training data changed since the run started ({checkpoint['steps_per_epoch']} "
+                f"steps per epoch then, {steps_per_epoch} now); resuming, but not exactly where it stopped"
+            )
+        log(f"resuming {run_dir} at step {step} of {total_steps}")
+
+    atomic_write_text(run_dir / "config.yaml", _yaml(config))
+    history = _History(run_dir / HISTORY_FILE, keep_until_step=step if resume else None)
+    time_limit = None if config.time_limit_minutes is None else 60.0 * config.time_limit_minutes
+    stopped_by = "done"
+    log(
+        f"training {config.detector} on {_describe(splits)} ({len(splits.train)} train / {len(splits.val)} val / "
+        f"{len(splits.test)} test images) on {device.type}: {total_steps} steps of batch {batch_size} "
+        f"({steps_per_epoch} per epoch){_limit_text(time_limit)} -> {run_dir}"
+    )
+
+    if resume and step >= total_steps:
+        log(
+            f"{run_dir} already trained {step} of {total_steps} steps; raise --epochs or --max-steps to train further"
+        )
+    if time_limit is not None and elapsed_before >= time_limit:
+        log(
+            f"{run_dir} already used its time limit ({time_limit / 60:g} min); raise --time-limit to train further"
+        )
+        stopped_by = "time limit"
+
+    bar = _ProgressBar(total_steps, enabled=progress, time_limit=time_limit)
+    stop = _StopOnInterrupt()
+    started = time.monotonic() - elapsed_before
+    session_start, session_start_step = time.monotonic(), step
+    last_saved = time.monotonic()
+    val_loss = None
+
+    def save(which: str) -> None:
+        save_checkpoint(
+            checkpoint_path(run_dir, which),
+            detector,
+            config,
+            epoch=step // steps_per_epoch,
+            step=step,
+            best_val_loss=best_val_loss,
+            val_loss=val_loss,
+            elapsed_seconds=time.monotonic() - started,
+            steps_per_epoch=steps_per_epoch,
+            total_steps=total_steps,
+        )
+
+    try:
+        with stop:
+            detector.train()
+            while step < total_steps and stopped_by == "done":
+                epoch = step // steps_per_epoch
+                # Resuming mid-epoch skips the batches that epoch already trained on.
+                sampler.set_epoch(epoch, skip=(step % steps_per_epoch) * batch_size)
+                for batch in _batches(train_loader, stop):
+                    losses = detector.training_step(_to_device(batch, device))
+                    detector.step_schedulers()
+                    step += 1
+                    if not all(math.isfinite(value) for value in losses.values()):
+                        raise _Diverged(
+                            f"training diverged at step {step} (losses {_format_losses(losses)}); lower the "
+                            f"learning rate (lr {config.lr}) or resume {run_dir} from its last checkpoint"
+                        )
+                    elapsed = time.monotonic() - started
+                    out_of_time = time_limit is not None and elapsed >= time_limit
+                    finishing = step >= total_steps or out_of_time
+                    val_loss = None
+                    if len(val_set) and (
+                        step % config.val_every_steps == 0 or step % steps_per_epoch == 0 or finishing
+                    ):
+                        val_loss = _validation_loss(detector, val_loader, device)
+                        detector.train()
+                        if best_val_loss is None or val_loss < best_val_loss:
+                            best_val_loss = val_loss
+                            save("best")
+                        # A detector may have its own stopping criterion (ALOCC's rho).
+                        if getattr(detector, "should_stop", False):
+                            stopped_by, finishing = "detector", True
+                    history.write(
+                        step, step / steps_per_epoch, losses, val_loss, _learning_rate(detector), elapsed
+                    )
+                    bar.update(
+                        step,
+                        losses,
+                        val_loss,
+                        elapsed,
+                        session_steps=step - session_start_step,
+                        session_seconds=time.monotonic() - session_start,
+                    )
+                    if stop.requested:
+                        raise KeyboardInterrupt
+                    if out_of_time:
+                        stopped_by = "time limit"
+                    if finishing:
+                        break
+                if (
+                    step % steps_per_epoch == 0
+                    and time.monotonic() - last_saved >= LAST_CHECKPOINT_MIN_SECONDS
+                ):
+                    save("last")
+                    last_saved = time.monotonic()
+    except KeyboardInterrupt:
+        bar.close()
+        history.close()
+        save("last")
+        raise TrainingInterrupted(run_dir, step) from None
+    except InspectorError as error:
+        bar.close()
+        history.close()
+        if step > 0 and not isinstance(error, _Diverged):
+            # A bad image found mid-run: keep the progress so that the run resumes once it is fixed.
+            save("last")
+            raise InspectorError(
+                f"{error} (training stopped at step {step}, saved in {run_dir}; after fixing it resume with "
+                f"`inspector train --resume {run_dir}`)"
+            ) from None
+        if not resume and not any(checkpoint_path(run_dir, which).exists() for which in ("last", "best")):
+            _discard_unstarted_run(run_dir)
+        raise
+    except BaseException:
+        bar.close()
+        history.close()
+        raise
+    bar.close()
+    history.close()
+    save("last")
+    if not len(val_set):
+        # No validation images to choose by: the final weights are the best we know.
+        log("warning: no validation images (the training split is too small): best.pt is the final model")
+        final = checkpoint_path(run_dir, "last").read_bytes()
+        atomic_write(checkpoint_path(run_dir, "best"), lambda handle: handle.write(final))
+    minutes = (time.monotonic() - started) / 60.0
+    reason = {
+        "time limit": "stopped by the time limit",
+        "detector": "stopped by the detector's criterion",
+    }.get(stopped_by, "done")
+    log(
+        f"trained {step} steps ({step / steps_per_epoch:.1f} epochs) in {minutes:.1f} min, {reason}; "
+        f"best validation loss {_format_value(best_val_loss)}"
+    )
+
+    if evaluate:
+        from training.evaluate import evaluate_run
+
+        try:
+            evaluate_run(run_dir, checkpoint="best", device=config.device, log=log)
+        except InspectorError as error:
+            raise InspectorError(
+                f"{error} (training finished and is saved in {run_dir}; fix this, then run `inspector eval {run_dir}`)"
+            ) from None
+    return run_dir
+
+
+# --- the pieces the loop uses ------------------------------------------------------------------------
+
+
+def _build_detector(config: TrainConfig) -> Detector:
+    try:
+        return build_detector(
+            config.detector, tuple(config.input_size), config.channels, config.detector_options
+        )
+    except ValueError as error:
+        raise InspectorError(f"detector '{config.detector}': bad detector_options ({error})") from None
+
+
+def _seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _seed_worker(worker_id: int) -> None:
+    # torch gives each worker its own seed (base seed + worker id); numpy and random follow it, so no two
+    # workers share a random stream.
+    seed = torch.initial_seed() % 2**32
+    np.random.seed(seed)
+    random.seed(seed)
+
+
+class _EpochSampler:
+    """A seeded shuffle per epoch, yielding ``(epoch, index)`` so the epoch reaches every worker.
+
+    The order of epoch ``e`` depends only on ``(seed, e)``: a resumed run sees the batches the uninterrupted
+    run would have seen, and ``skip`` drops the ones an interrupted epoch already used.
+    """
+
+    def __init__(self, size: int, seed: int) -> None:
+        self.size, self.seed = size, seed
+        self.epoch, self.skip = 0, 0
+
+    def set_epoch(self, epoch: int, skip: int = 0) -> None:
+        self.epoch, self.skip = epoch, skip
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
+        return iter([(self.epoch, int(index)) for index in order[self.skip :]])
+
+    def __len__(self) -> int:
+        return self.size - self.skip
+
+
+class _EpochItems(Dataset):
+    """Items addressed by ``(epoch, index)``: persistent workers keep their own dataset copy, so the
+    epoch (which selects the synthetic anomalies) has to travel with the index."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int]) -> Any:
+        epoch, index = key
+        if hasattr(self.dataset, "set_epoch"):
+            self.dataset.set_epoch(epoch)
+        return self.dataset[index]
+
+
+def _batches(loader: DataLoader, stop: _StopOnInterrupt) -> Iterator[dict]:
+    """The loader's batches, with data errors from any worker turned into one-line InspectorErrors."""
+    iterator = iter(loader)
+    while True:
+        try:
+            batch = next(iterator)
+        except StopIteration:
+            return
+        except InspectorError as error:
+            raise type(error)(_first_cause(error)) from None
+        except RuntimeError:
+            # Ctrl-C also reaches the loader's worker processes, which exit; that is our stop, not an error.
+            if stop.requested:
+                raise KeyboardInterrupt from None
+            raise
+        yield batch
+
+
+def _first_cause(error: Exception) -> str:
+    """The original message of an error re-raised from a data-loader worker (which adds a traceback)."""
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return str(error)
+    last = lines[-1]
+    for prefix in (f"{type(error).__module__}.{type(error).__qualname__}: ", f"{type(error).__qualname__}: "):
+        if last.startswith(prefix):
+            return last[len(prefix) :]
+    return last
+
+
+def _to_device(batch: dict, device: torch.device) -> dict:
+    return {
+        key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
+        for key, value in batch.items()
+    }
+
+
+@torch.no_grad()
+def _validation_loss(detector: Detector, loader: DataLoader, device: torch.device) -> float:
+    """The detector's validation loss, averaged over every validation image."""
+    detector.eval()
+    total, count = 0.0, 0
+    for batch in loader:
+        size = len(batch["image"])
+        total += detector.validation_loss(_to_device(batch, device)) * size
+        count += size
+    return total / max(count, 1)
+
+
+def _learning_rate(detector: Detector) -> float | None:
+    for optimizer in detector.optimizers.values():
+        return float(optimizer.param_groups[0]["lr"])
+    return None
+
+
+def _new_run_dir(wanted: Path) -> Path:
+    """``wanted``, or ``wanted-2``, ``wanted-3``... when it holds files: a new run never overwrites one."""
+    candidate, number = wanted, 1
+    while candidate.exists() and (not candidate.is_dir() or any(candidate.iterdir())):
+        number += 1
+        candidate = wanted.with_name(f"{wanted.name}-{number}")
+    return candidate
+
+
+def _discard_unstarted_run(run_dir: Path) -> None:
+    """Remove what this call wrote into a new run that never reached a checkpoint (nothing else)."""
+    for name in ("config.yaml", HISTORY_FILE):
+        (run_dir / name).unlink(missing_ok=True)
+    for folder in (run_dir / "checkpoints", run_dir):
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+
+def _yaml(config: TrainConfig) -> str:
+    import yaml
+
+    return yaml.safe_dump(config.to_dict(), sort_keys=False)
+
+
+def _describe(splits) -> str:
+    description = splits.description or {}
+    parts = [str(description.get("dataset", "data")), str(description.get("category") or "")]
+    return "/".join(part for part in parts if part)
+
+
+def _limit_text(time_limit: float | None) -> str:
+    return "" if time_limit is None else f", at most {time_limit / 60.0:g} min"
+
+
+def _format_value(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def _format_losses(losses: dict[str, float]) -> str:
+    return " ".join(f"{name} {value:.4g}" for name, value in losses.items())
+
+
+class _History:
+    """``history.csv``: one row per step, flushed as it goes; a resumed run drops rows after its step."""
+
+    def __init__(self, path: Path, keep_until_step: int | None) -> None:
+        self.path = path
+        self.fields: list[str] | None = None
+        if keep_until_step is not None and path.is_file():
+            with path.open(newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                self.fields = reader.fieldnames
+                rows = [row for row in reader if int(float(row["step"])) <= keep_until_step]
+            buffer = io.StringIO()
+            writer = csv.DictWriter(buffer, fieldnames=self.fields)
+            writer.writeheader()
+            writer.writerows(rows)
+            atomic_write_text(path, buffer.getvalue())
+            self.handle = path.open("a", newline="", encoding="utf-8")
+        else:
+            self.handle = path.open("w", newline="", encoding="utf-8")
+        self.writer = (
+            None
+            if self.fields is None
+            else csv.DictWriter(self.handle, fieldnames=self.fields, extrasaction="ignore", restval="")
+        )
+
+    def write(
+        self,
+        step: int,
+        epoch: float,
+        losses: dict[str, float],
+        val_loss: float | None,
+        lr: float | None,
+        elapsed: float,
+    ) -> None:
+        if self.writer is None:
+            self.fields = ["step", "epoch", *losses, "val_loss", "lr", "elapsed"]
+            self.writer = csv.DictWriter(
+                self.handle, fieldnames=self.fields, extrasaction="ignore", restval=""
+            )
+            self.writer.writeheader()
+        row = {"step": step, "epoch": f"{epoch:.4f}", **{k: f"{v:.6g}" for k, v in losses.items()}}
+        row.update(
+            {
+                "val_loss": "" if val_loss is None else f"{val_loss:.6g}",
+                "lr": "" if lr is None else f"{lr:.6g}",
+                "elapsed": f"{elapsed:.2f}",
+            }
+        )
+        self.writer.writerow(row)
+        self.handle.flush()
+
+    def close(self) -> None:
+        if not self.handle.closed:
+            self.handle.close()
+
+
+class _StopOnInterrupt:
+    """First Ctrl-C: finish the current step, save ``last.pt`` and stop. A second one stops at once."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def __enter__(self) -> None:
+        # Signal handlers can only be installed from the main thread; elsewhere Ctrl-C raises as usual.
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        print("\nstopping after this step and saving last.pt (Ctrl-C again to stop at once)", file=sys.stderr)
+
+    def __exit__(self, *exc_info) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+            self._previous = None
+
+
+class _ProgressBar:
+    """One status line: step, bar, smoothed losses, validation loss, speed and time left.
+
+    On a terminal the line is redrawn in place; in a log file a line is written every 5 % of the run.
+    """
+
+    def __init__(self, total: int, enabled: bool, time_limit: float | None, stream=None) -> None:
+        self.total = total
+        self.enabled = enabled
+        self.time_limit = time_limit
+        self.stream = stream or sys.stderr
+        self.interactive = bool(getattr(self.stream, "isatty", lambda: False)())
+        self.smoothed: dict[str, float] = {}
+        self.val_loss: float | None = None
+        self.last_draw = 0.0
+        self.every = max(1, total // 20)
+        self.drawn = False
+
+    def update(
+        self,
+        step: int,
+        losses: dict[str, float],
+        val_loss: float | None,
+        elapsed: float,
+        session_steps: int,
+        session_seconds: float,
+    ) -> None:
+        for name, value in losses.items():
+            previous = self.smoothed.get(name)
+            self.smoothed[name] = value if previous is None else 0.9 * previous + 0.1 * value
+        if val_loss is not None:
+            self.val_loss = val_loss
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        final = step >= self.total
+        if self.interactive and not final and now - self.last_draw < 0.2:
+            return
+        if not self.interactive and not final and step % self.every != 0:
+            return
+        self.last_draw = now
+        rate = session_steps / session_seconds if session_seconds > 0 else 0.0
+        left = (self.total - step) / rate if rate > 0 else float("inf")
+        if self.time_limit is not None:
+            left = min(left, max(0.0, self.time_limit - elapsed))
+        filled = int(20 * step / self.total)
+        losses_text = " ".join(f"{name} {value:.4f}" for name, value in self.smoothed.items())
+        val_text = "" if self.val_loss is None else f" | val {self.val_loss:.4f}"
+        line = (
+            f"step {step}/{self.total} [{'#' * filled}{'.' * (20 - filled)}] {losses_text}{val_text} | "
+            f"{rate:.2f} it/s, {_clock(elapsed)} elapsed, ETA {_clock(left)}"
+        )
+        if self.interactive:
+            width = shutil.get_terminal_size((120, 20)).columns - 1
+            self.stream.write("\r" + line[:width].ljust(width))
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+        self.drawn = True
+
+    def close(self) -> None:
+        if self.enabled and self.interactive and self.drawn:
+            self.stream.write("\n")
+            self.stream.flush()
+            self.drawn = False
+
+
+def _clock(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    seconds = round(seconds)
+    hours, rest = divmod(seconds, 3600)
+    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
