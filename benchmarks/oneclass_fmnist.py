@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from inspector.config import TrainConfig, load_config
 from inspector.errors import InspectorError
-from inspector.metrics import roc_auc
+from inspector.metrics import average_precision, fpr_at_tpr, roc_auc
 from inspector.preprocess import prepare_batch
 from training.data import build_splits
 from training.data.dataset import load_rgb
@@ -97,6 +97,12 @@ def score_all(detector: torch.nn.Module, images: torch.Tensor, batch_size: int =
     return torch.cat([detector(images[i : i + batch_size])[0] for i in range(0, len(images), batch_size)]).numpy()
 
 
+def image_metrics(labels: np.ndarray, scores: np.ndarray) -> dict[str, float]:
+    """AUROC (the table), average precision and the false-positive rate at 95 % true-positive rate (the JSON)."""
+    return {"auroc": roc_auc(labels, scores), "average_precision": average_precision(labels, scores),
+            "fpr_at_95_tpr": fpr_at_tpr(labels, scores, 0.95)}
+
+
 def run_detector(name: str, normal_class: int, budget: float, root: str | None, seed: int, clock=time.perf_counter) -> dict:
     """Train ``name`` on one normal class within ``budget`` seconds of ``clock``; AUROC on the whole test split."""
     config = variant_config(name, normal_class, root)
@@ -133,7 +139,7 @@ def run_detector(name: str, normal_class: int, budget: float, root: str | None, 
         detector.step_schedulers()
     train_seconds, train_wall = clock() - start, time.perf_counter() - wall_start
     scores = score_all(detector, test)
-    return {"auroc": roc_auc(labels, scores), "steps": step, "train_seconds": train_seconds, "stopped_by": stopped_by,
+    return {**image_metrics(labels, scores), "steps": step, "train_seconds": train_seconds, "stopped_by": stopped_by,
             "epochs": step / steps_per_epoch, "train_wall_seconds": train_wall}
 
 
@@ -149,7 +155,7 @@ def run_ocsvm(normal_class: int, root: str | None, seed: int) -> dict:
     labels = np.array([sample.label for sample in splits.test])
     start, cpu_start = time.perf_counter(), time.process_time()
     model = OneClassSVM(kernel="rbf", gamma="scale", nu=0.1).fit(train)
-    return {"auroc": roc_auc(labels, -model.score_samples(test)), "steps": 0, "epochs": 1.0, "stopped_by": "converged",
+    return {**image_metrics(labels, -model.score_samples(test)), "steps": 0, "epochs": 1.0, "stopped_by": "converged",
             "train_seconds": time.process_time() - cpu_start, "train_wall_seconds": time.perf_counter() - start}
 
 

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import gzip
+import json
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 import torch
+import yaml
+from click.testing import CliRunner
 
+from inspector.artifact import METADATA_KEY
+from inspector.cli import cli
 from training.detectors import build_detector
 
 SIZE = 16
@@ -141,3 +149,89 @@ def test_scoring_graph_and_components_export_to_onnx_with_a_dynamic_batch_matchi
         reference = reference if isinstance(reference, tuple) else (reference,)
         for got, want in zip(outputs, reference):
             np.testing.assert_allclose(got, want.numpy(), rtol=1e-4, atol=1e-5)
+
+
+# --- end to end: `inspector train` then `inspector export` on a tiny one-class idx dataset ---------------
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(gzip.compress(header + array.astype(np.uint8).tobytes()))
+
+
+def pattern_images(labels: np.ndarray, seed: int) -> np.ndarray:
+    """28x28 gray: class 0 horizontal stripes, class 1 vertical stripes, class 2 a bright disc."""
+    rng = np.random.default_rng(seed)
+    grid = np.arange(28, dtype=np.float32)
+    yy, xx = np.meshgrid(grid, grid, indexing="ij")
+    images = []
+    for label in labels:
+        phase = rng.uniform(0, 6.28)
+        if label == 0:
+            image = 128 + 90 * np.sin(yy * 0.8 + phase)
+        elif label == 1:
+            image = 128 + 90 * np.sin(xx * 0.8 + phase)
+        else:
+            image = np.where((yy - 14) ** 2 + (xx - 14) ** 2 < 64, 230.0, 30.0)
+        images.append(np.clip(image + rng.normal(0, 8, image.shape), 0, 255))
+    return np.stack(images).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def idx_root(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("mnist")
+    train_labels, test_labels = np.repeat(np.arange(3), 24), np.repeat(np.arange(3), 6)
+    write_idx(root / "train-images-idx3-ubyte.gz", pattern_images(train_labels, 0))
+    write_idx(root / "train-labels-idx1-ubyte.gz", train_labels)
+    write_idx(root / "t10k-images-idx3-ubyte.gz", pattern_images(test_labels, 1))
+    write_idx(root / "t10k-labels-idx1-ubyte.gz", test_labels)
+    return root
+
+
+def run_cli(*args: object):
+    return CliRunner().invoke(cli, [str(arg) for arg in args])
+
+
+def write_config(folder: Path, detector: str, root: Path, options: dict) -> Path:
+    values = {
+        "name": detector, "detector": detector, "detector_options": {**SMALL[detector], **options},
+        "input_size": [28, 28], "channels": 1, "epochs": 2, "batch_size": 8, "lr": 0.001, "val_every_steps": 4,
+        "device": "cpu", "out": str(folder / "runs"),
+        "data": {"format": "mnist", "root": str(root), "normal_class": 0, "val_fraction": 0.2, "workers": 0},
+    }
+    path = folder / f"{detector}.yaml"
+    path.write_text(yaml.safe_dump(values), encoding="utf-8")
+    return path
+
+
+@pytest.mark.parametrize("detector,options,components", [
+    ("alocc", {"score": "discriminator"}, {"reconstructor", "discriminator"}),
+    ("bigan", {"cycle_weight": 1.0}, {"encoder", "generator", "discriminator"}),
+])
+def test_train_then_export_a_one_class_model_from_idx_files(tmp_path, idx_root, detector, options, components):
+    config = write_config(tmp_path, detector, idx_root, options)
+    trained_run = run_cli("train", "--config", config, "--no-progress")
+    assert trained_run.exit_code == 0, trained_run.output
+    run_dir = tmp_path / "runs" / detector
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0.0 <= metrics["image_auroc"] <= 1.0
+    assert (run_dir / "calibration.json").is_file() and (run_dir / "plots" / "samples.png").is_file()
+    assert (run_dir / "plots" / "prior_samples.png").is_file() == (detector == "bigan")
+
+    exported = run_cli("export", run_dir, "--out", tmp_path / "model")
+    assert exported.exit_code == 0, exported.output
+    model = onnx.load(str(tmp_path / "model" / "model.onnx"))
+    metadata = json.loads({p.key: p.value for p in model.metadata_props}[METADATA_KEY])
+    assert metadata["detector"] == detector and metadata["trained_on"]["dataset"] == "mnist"
+    assert metadata["trained_on"]["normal_class"] == 0
+    assert {p.stem for p in (tmp_path / "model" / "components").glob("*.onnx")} == components
+    images = pattern_images(np.array([0, 1, 2]), seed=2)[:, None].astype(np.float32) / 255.0
+    score, anomaly_map = run_onnx(model.SerializeToString(), {"image": images})
+    assert score.shape == (3,) and anomaly_map.shape == (3, 1, 28, 28)
+
+
+def test_alocc_rho_ends_training_at_the_first_validation_below_it(tmp_path, idx_root):
+    config = write_config(tmp_path, "alocc", idx_root, {"rho": 1.0})
+    result = run_cli("train", "--config", config, "--no-progress", "--no-eval", "--epochs", 20)
+    assert result.exit_code == 0, result.output
+    assert "trained 2 steps" in result.output and "stopped by the detector's criterion" in result.output
