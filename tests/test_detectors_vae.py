@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from click.testing import CliRunner
 
+from inspector.cli import cli
 from training.detectors import build_detector
 from training.detectors.advvae import AdvVAE
 from training.detectors.memvae import MemVAE
@@ -209,3 +214,79 @@ def test_onnx_export_with_a_dynamic_batch_matches_torch(name, tmp_path):
             expected_score, expected_map = detector(images)
         np.testing.assert_allclose(score, expected_score.numpy(), rtol=1e-4, atol=1e-6)
         np.testing.assert_allclose(anomaly_map, expected_map.numpy(), rtol=1e-4, atol=1e-6)
+
+
+# --- trained and exported like every detector --------------------------------------------------------------
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An idx file of unsigned bytes, as MNIST and Fashion-MNIST ship them."""
+    header = bytes([0, 0, 0x08, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    path.write_bytes(header + array.astype(np.uint8).tobytes())
+
+
+def write_tiny_fashion_mnist(folder: Path) -> None:
+    """A Fashion-MNIST-format set of 28x28 shapes: class 0 discs, class 1 bars, class 2 rings."""
+    rows, cols = np.mgrid[0:28, 0:28]
+    rng = np.random.default_rng(0)
+
+    def shape(label: int) -> np.ndarray:
+        r, c = 14 + rng.integers(-3, 4), 14 + rng.integers(-3, 4)
+        distance = np.hypot(rows - r, cols - c)
+        drawn = [distance < 7, np.abs(cols - c) < 3, np.abs(distance - 8) < 1.5][label]
+        return (drawn * 220 + rng.integers(0, 20, (28, 28))).clip(0, 255)
+
+    folder.mkdir(parents=True)
+    for split, per_class in (("train", 16), ("t10k", 4)):
+        labels = np.repeat(np.arange(3), per_class)
+        write_idx(folder / f"{split}-images-idx3-ubyte", np.stack([shape(label) for label in labels]))
+        write_idx(folder / f"{split}-labels-idx1-ubyte", labels)
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")
+@pytest.mark.parametrize("name", ["memvae", "advvae"])
+def test_one_class_run_trains_calibrates_and_exports_a_model_that_matches_torch(name, tmp_path):
+    from inspector.config import load_config
+    from training.checkpoint import load_detector
+    from training.trainer import train
+
+    write_tiny_fashion_mnist(tmp_path / "fmnist")
+    config = load_config(
+        Path(__file__).resolve().parents[1] / "configs" / f"{name}_fmnist.yaml",
+        {
+            "name": name,
+            "detector_options": {**SMALL[name], "preset": "mnist"} if name == "memvae" else SMALL[name],
+            "data.root": str(tmp_path / "fmnist"),
+            "data.val_fraction": 0.25,
+            "data.workers": 0,
+            "max_steps": 4,
+            "batch_size": 4,
+            "val_every_steps": 2,
+            "time_limit_minutes": None,
+            "device": "cpu",
+            "out": str(tmp_path / "runs"),
+        },
+    )
+
+    run_dir = Path(train(config, progress=False))
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert 0 <= metrics["image_auroc"] <= 1
+    assert (run_dir / "calibration.json").is_file()
+    assert (run_dir / "plots" / "samples.png").is_file() and (
+        run_dir / "plots" / "prior_samples.png"
+    ).is_file()
+
+    result = CliRunner().invoke(cli, ["export", str(run_dir), "--onnx"])
+    assert result.exit_code == 0, result.output
+    model_path = run_dir / "export" / "model.onnx"
+    detector, _, _ = load_detector(run_dir)
+    components = sorted(path.stem for path in (model_path.parent / "components").glob("*.onnx"))
+    assert components == sorted(detector.components())
+    images = blobs(3, 1, (28, 28), seed=5)
+    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    score, anomaly_map = session.run(None, {"image": images.numpy()})
+    with torch.no_grad():
+        expected_score, expected_map = detector.eval()(images)
+    np.testing.assert_allclose(score, expected_score.numpy(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(anomaly_map, expected_map.numpy(), rtol=1e-4, atol=1e-6)
