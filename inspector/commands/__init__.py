@@ -25,3 +25,7 @@ from inspector.commands.train import train_command
 from inspector.commands.evaluate import eval_command
 
 COMMANDS.extend([train_command, eval_command])
+
+from inspector.commands.demo import demo_command
+
+COMMANDS.append(demo_command)
