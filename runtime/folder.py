@@ -254,7 +254,7 @@ def _finish(item: _Item, raw_score: float, raw_map: np.ndarray, run: _Run) -> di
     overlay_name = mask_name = None
     if run.save == "all" or (run.save == "anomalous" and inspection.anomalous):
         overlay_name = f"overlays/{item.key}.jpg"
-        write_image(run.out_dir / overlay_name, render_overlay(image, inspection, run.scorer.pixel_threshold))
+        write_image(run.out_dir / overlay_name, render_overlay(image, inspection))
     if run.save_masks:
         mask_name = f"masks/{item.key}.png"
         write_image(run.out_dir / mask_name, render_mask(inspection))

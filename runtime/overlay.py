@@ -18,12 +18,13 @@ ANOMALOUS_BGR = (40, 40, 220)
 NORMAL_BGR = (60, 160, 40)
 
 
-def render_overlay(image_rgb: np.ndarray, inspection: Inspection, pixel_threshold: float = 0.5) -> np.ndarray:
+def render_overlay(image_rgb: np.ndarray, inspection: Inspection) -> np.ndarray:
     """The original image (BGR, its own resolution) with the anomaly map blended in only where it is high.
 
-    The map in ``inspection`` is already at the image's resolution (the whole image was resized for the
-    model, never cropped), so every heatmap pixel sits on the pixel it describes.
+    The map is laid onto the image pixel for pixel (the model saw the whole image resized, never cropped);
+    colour fades in just below the inspection's pixel threshold and is full above it.
     """
+    pixel_threshold = inspection.pixel_threshold
     image_bgr = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
     start = max(0.0, pixel_threshold - FADE)
     visible = inspection.map_window(start)  # only where the map is high enough to be coloured

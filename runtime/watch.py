@@ -84,7 +84,7 @@ def watch(
                         break
                     continue
                 inspection = scorer.score([frame.image])[0]
-                overlay = render_overlay(frame.image, inspection, scorer.pixel_threshold)
+                overlay = render_overlay(frame.image, inspection)
                 latency = time.monotonic() - frame.captured_at
                 stats.add(latency, inspection.anomalous)
                 draw_badge(overlay, f"{stats.fps:.1f} FPS  {latency * 1000:.0f} ms", HUD_BGR, row=1)

@@ -137,6 +137,11 @@ def test_threshold_changes_sensitivity_at_run_time_and_fail_on_anomaly_sets_exit
     # The scores themselves do not move: only the decision does.
     assert at_default["faint.png"]["raw_score"] == at_lenient["faint.png"]["raw_score"]
     assert at_default["faint.png"]["score"] == pytest.approx(0.6, abs=0.02)
+    assert len(at_default["faint.png"]["regions"]) == 1
+    # The pixel threshold moves the defect mask the same way: above the spot's 0.6, no region is left.
+    inspect(photos, "--model", model, "--out", tmp_path / "pixels", "--pixel-threshold", "0.7", "-q")
+    at_pixels, _ = rows_by_path(tmp_path / "pixels")
+    assert at_pixels["faint.png"]["regions"] == [] and at_pixels["faint.png"]["label"] == "anomalous"
     out_of_range = inspect(photos, "--model", model, "--out", tmp_path / "bad", "--threshold", "3")
     assert out_of_range.exit_code == 2 and "--threshold" in out_of_range.output
 
