@@ -163,10 +163,12 @@ def test_train_command_writes_the_whole_run_directory_and_eval_reproduces_it(tmp
     }
     assert {"torch", "numpy", "python"} <= set(state["rng"])
 
-    # Evaluating again scores the same checkpoint the same way.
-    again = run_cli("eval", run_dir, "--no-plots")
+    # Evaluating again, with the data moved elsewhere, scores the same checkpoint the same way.
+    moved = shutil.copytree(dataset["root"], tmp_path / "moved")
+    again = run_cli("eval", run_dir, "--data", moved, "--no-plots")
     assert again.exit_code == 0, again.output
     remeasured = json.loads((run_dir / "metrics.json").read_text())
+    assert remeasured["data"]["root"] == str(moved)
     for key in ("image_auroc", "pixel_auroc", "aupro", "image_threshold", "pixel_threshold"):
         assert remeasured[key] == pytest.approx(metrics[key], abs=1e-6), key
 

@@ -32,7 +32,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from inspector.config import TrainConfig
-from inspector.errors import InspectorError
+from inspector.errors import ImageReadError, InspectorError
 from training.checkpoint import (
     atomic_write,
     atomic_write_text,
@@ -388,7 +388,10 @@ def _batches(loader: DataLoader, stop: _StopOnInterrupt) -> Iterator[dict]:
         except StopIteration:
             return
         except InspectorError as error:
-            raise type(error)(_first_cause(error)) from None
+            message = _first_cause(error)
+            if isinstance(error, ImageReadError):
+                message += "; replace or remove the file and train again"
+            raise type(error)(message) from None
         except RuntimeError:
             # Ctrl-C also reaches the loader's worker processes, which exit; that is our stop, not an error.
             if stop.requested:
