@@ -77,7 +77,8 @@ def train(
     With ``resume`` the run ``config.run_dir`` continues from its ``last.pt`` at the saved step, with the
     saved optimizer and scheduler state and random streams. Without it a new run directory is made
     (``<name>-2``, ``<name>-3``... when ``<name>`` is taken). With ``evaluate`` the best checkpoint is scored
-    and calibrated at the end (``metrics.json``, ``calibration.json``, ``plots/``).
+    and calibrated at the end (``metrics.json``, ``calibration.json``, ``plots/``). ``time_limit_minutes``
+    bounds the run's whole training time, resumed sessions included.
 
     Raises:
         InspectorError: bad input (data, detector, options, device); nothing in the run directory is lost.
@@ -605,11 +606,12 @@ class _ProgressBar:
         if self.time_limit is not None:
             left = min(left, max(0.0, self.time_limit - elapsed))
         filled = int(20 * step / self.total)
-        losses_text = " ".join(f"{name} {value:.4f}" for name, value in self.smoothed.items())
-        val_text = "" if self.val_loss is None else f" | val {self.val_loss:.4f}"
+        losses_text = " ".join(f"{name} {value:.4g}" for name, value in self.smoothed.items())
+        val_text = "" if self.val_loss is None else f" | val_loss {self.val_loss:.4g}"
+        # Time first: a narrow terminal cuts the end of the line, and the losses can spare it.
         line = (
-            f"step {step}/{self.total} [{'#' * filled}{'.' * (20 - filled)}] {losses_text}{val_text} | "
-            f"{rate:.2f} it/s, {_clock(elapsed)} elapsed, ETA {_clock(left)}"
+            f"step {step}/{self.total} [{'#' * filled}{'.' * (20 - filled)}] {_clock(elapsed)} elapsed, "
+            f"ETA {_clock(left)}, {rate:.2f} it/s | {losses_text}{val_text}"
         )
         if self.interactive:
             width = shutil.get_terminal_size((120, 20)).columns - 1
