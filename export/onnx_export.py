@@ -12,6 +12,7 @@ import io
 import warnings
 from dataclasses import dataclass
 
+import onnx
 import torch
 from torch import nn
 
@@ -83,7 +84,26 @@ def export_graph(
             dynamic_axes=dynamic_axes,
             do_constant_folding=True,
         )
-    return buffer.getvalue()
+        # The tracer sometimes names a static output dimension after another axis (a reconstruction came
+        # out as [batch, 3, batch, ...]); the declared shapes are what tools downstream trust, so they are
+        # set from what the module really returns: dynamic batch first, every other dimension fixed.
+        outputs = module(*example_inputs)
+    outputs = (outputs,) if isinstance(outputs, torch.Tensor) else outputs
+    return _declare_output_shapes(buffer.getvalue(), [list(output.shape) for output in outputs])
+
+
+def _declare_output_shapes(onnx_bytes: bytes, shapes: list[list[int]]) -> bytes:
+    model = onnx.load_from_string(onnx_bytes)
+    for output, shape in zip(model.graph.output, shapes):
+        dims = output.type.tensor_type.shape.dim
+        del dims[:]
+        for axis, size in enumerate(shape):
+            dim = dims.add()
+            if axis == 0:
+                dim.dim_param = BATCH_AXIS
+            else:
+                dim.dim_value = int(size)
+    return model.SerializeToString()
 
 
 def example_images(detector: Detector, batch_size: int) -> torch.Tensor:

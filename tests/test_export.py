@@ -57,6 +57,12 @@ def test_every_registered_detector_exports_through_the_one_path(name):
     assert checked.parity.batch_sizes == [1, 4]
     assert set(checked.parity.by_batch_size) == {"1", "4"}
     assert sorted(graph.name for graph in checked.components) == sorted(detector.components())
+    for graph in [checked.model, *checked.components]:
+        declared = ort.InferenceSession(graph.onnx_bytes, providers=["CPUExecutionProvider"])
+        for item in [*declared.get_inputs(), *declared.get_outputs()]:
+            assert item.shape[0] == "batch" and all(isinstance(size, int) for size in item.shape[1:]), (
+                f"{graph.name}: {item.name} is declared {item.shape}"
+            )
     session = ort.InferenceSession(checked.model.onnx_bytes, providers=["CPUExecutionProvider"])
     for batch_size in (1, 3):
         score, anomaly_map = session.run([SCORE_OUTPUT, MAP_OUTPUT], {INPUT_NAME: images[:batch_size]})
