@@ -266,6 +266,7 @@ def test_info_prints_metadata_inputs_outputs_opset_and_providers(exported):
     )
 
 
+@pytest.mark.parametrize("exported", ["rdna"], indirect=True)
 def test_info_works_with_the_base_install_without_torch_or_onnx(exported):
     _, model_path, _ = exported
     hide_train_extras = "import sys; sys.modules['torch'] = None; sys.modules['onnx'] = None; "
@@ -349,14 +350,16 @@ def test_export_refuses_an_uncalibrated_run_unless_allowed(run_copy):
     assert "calibration: none" in metadata.extra["warnings"][0]
 
 
-def test_export_never_overwrites_a_model_unless_forced(run_copy):
-    model_path = run_copy / "export" / "model.onnx"
-    assert export_cli(str(run_copy), "--onnx").exit_code == 0
+@pytest.mark.parametrize("exported", ["draem"], indirect=True)
+def test_export_never_overwrites_a_model_unless_forced(exported, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(exported[0], run_dir)  # the run with its model.onnx and components/ already exported
+    model_path = run_dir / "export" / "model.onnx"
     before = model_path.read_bytes()
-    assert_refused(export_cli(str(run_copy), "--onnx"), f"{model_path} already exists; pass --force")
+    assert_refused(export_cli(str(run_dir), "--onnx"), f"{model_path} already exists; pass --force")
     assert model_path.read_bytes() == before
 
-    forced = export_cli(str(run_copy), "--onnx", "--force", "--no-components")
+    forced = export_cli(str(run_dir), "--onnx", "--force", "--no-components")
     assert forced.exit_code == 0, forced.output
     assert model_metadata(model_path).extra["components"] == {}
     assert not list((model_path.parent / "components").glob("*.onnx")), "stale components of the old model"
