@@ -24,6 +24,7 @@ import time
 from pathlib import Path
 
 import torch
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -62,6 +63,12 @@ def benchmark_config(detector: str, args: argparse.Namespace) -> TrainConfig:
         "max_steps": args.max_steps,
         "time_limit_minutes": args.time_limit,
     }
+    for setting in args.set:
+        key, equals, value = setting.partition("=")
+        if not equals:
+            raise SystemExit(f"--set {setting}: write KEY=VALUE, e.g. detector_options.adv_seg_weight=0.001")
+        overrides[key.strip()] = yaml.safe_load(value)
+        overrides["name"] += f"_{key.strip().rpartition('.')[2]}{value.strip()}"
     return load_config(REPO / "configs" / f"{detector}_cpu.yaml", overrides)
 
 
@@ -159,6 +166,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/bench", help="folder of the benchmark's runs")
     parser.add_argument(
         "--report", default=None, help="markdown file to write (default OUT/rdna_vs_draem.md)"
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config key for every detector, e.g. detector_options.adv_seg_weight=0.001 (repeatable)",
     )
     parser.add_argument("--plots", action="store_true", help="also write each run's plots")
     parser.add_argument("--progress", action="store_true", help="show the training progress bars")

@@ -198,3 +198,11 @@ def test_onnx_export_with_dynamic_batch_matches_torch():
     assert onnx_score.shape == (3,) and onnx_map.shape == (3, 1, 32, 48)
     np.testing.assert_allclose(onnx_score, torch_score.numpy(), atol=1e-5)
     np.testing.assert_allclose(onnx_map, torch_map.numpy(), atol=1e-5)
+
+
+def test_batchnorm_momentum_option_reaches_every_batch_norm_and_bad_values_are_refused():
+    detector = build_detector("draem", (32, 32), 3, {**TINY, "batchnorm_momentum": 0.5})
+    momenta = {m.momentum for m in detector.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert momenta == {0.5}
+    with pytest.raises(ValueError, match="batchnorm_momentum"):  # the trainer reports it as a config error
+        build_detector("rdna", (32, 32), 3, {**TINY_RDNA, "batchnorm_momentum": 0.0})

@@ -11,7 +11,7 @@ class DRAEM(RDNA):
     """Reconstruction + segmentation (L2 + SSIM + focal), RDNA with both adversarial weights at 0.
 
     Options: ``reconstruction_width`` (paper 128), ``segmentation_width`` (paper 64), ``ssim_weight``,
-    ``focal_weight``, ``score_window``. No discriminators are built, so none cost compute.
+    ``focal_weight``, ``score_window``, ``batchnorm_momentum``. No discriminators are built, so none cost compute.
     """
 
     name = "draem"
@@ -25,6 +25,7 @@ class DRAEM(RDNA):
         ssim_weight: float = 1.0,
         focal_weight: float = 1.0,
         score_window: int = 21,
+        batchnorm_momentum: float = 0.1,
     ) -> None:
         super().__init__(
             input_size,
@@ -36,4 +37,5 @@ class DRAEM(RDNA):
             adv_rec_weight=0.0,
             adv_seg_weight=0.0,
             score_window=score_window,
+            batchnorm_momentum=batchnorm_momentum,
         )

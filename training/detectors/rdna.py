@@ -132,7 +132,7 @@ class SegmentationUNet(nn.Module):
         return self.output(features)
 
 
-class PatchDiscriminator(nn.Module):
+class ConvDiscriminator(nn.Module):
     """Conv 5x5 stride-2 blocks of ``width x (1, 2, 4, 8)`` channels, then a linear layer to one logit."""
 
     def __init__(self, in_channels: int, input_size: tuple[int, int], width: int = 64) -> None:
@@ -200,6 +200,9 @@ class RDNA(Detector):
         adv_seg_weight: weight of the generator-side adversarial term on the anomaly map (0 = no D_seg).
         discriminator_lr_scale: discriminator learning rate as a multiple of the generators' one.
         score_window: side of the mean filter applied to the map before taking the image score.
+        batchnorm_momentum: how fast the batch-norm statistics used at inference follow training (torch's
+            default 0.1 suits the paper's lr 1e-4; at lr 1e-3 the weights move so fast that stale statistics
+            break the scores of a model stopped before its LR decay, so the CPU presets use 0.5).
     """
 
     name = "rdna"
@@ -214,12 +217,15 @@ class RDNA(Detector):
         discriminator_width: int = 64,
         ssim_weight: float = 1.0,
         focal_weight: float = 1.0,
-        adv_rec_weight: float = 0.01,
-        adv_seg_weight: float = 0.01,
+        adv_rec_weight: float = 1e-4,
+        adv_seg_weight: float = 1e-4,
         discriminator_lr_scale: float = 1.0,
         score_window: int = 21,
+        batchnorm_momentum: float = 0.1,
     ) -> None:
         super().__init__(input_size, channels)
+        if not 0.0 < batchnorm_momentum <= 1.0:
+            raise ValueError("batchnorm_momentum must be in (0, 1]")
         if min(reconstruction_width, segmentation_width, discriminator_width) < 1:
             raise ValueError("network widths must be positive")
         if adv_rec_weight < 0 or adv_seg_weight < 0:
@@ -236,14 +242,17 @@ class RDNA(Detector):
         self.segmenter = SegmentationUNet(2 * channels, segmentation_width, pooling_depth(self.input_size, 5))
         # A discriminator is built only when its term is used: no compute spent on one that teaches nothing.
         self.reconstruction_discriminator = (
-            PatchDiscriminator(channels, self.input_size, discriminator_width)
+            ConvDiscriminator(channels, self.input_size, discriminator_width)
             if self.adv_rec_weight > 0
             else None
         )
         self.mask_discriminator = (
-            PatchDiscriminator(1, self.input_size, discriminator_width) if self.adv_seg_weight > 0 else None
+            ConvDiscriminator(1, self.input_size, discriminator_width) if self.adv_seg_weight > 0 else None
         )
         self.apply(init_weights)
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.momentum = float(batchnorm_momentum)
 
     # ----------------------------------------------------------------------------------------- scoring
     def reconstruct_and_segment(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
