@@ -12,8 +12,7 @@ import pytest
 
 from inspector.config import load_config
 from inspector.errors import InspectorError
-from training.data import build_splits
-from training.data import oneclass
+from training.data import build_splits, oneclass
 from training.data.dataset import ImageDataset
 
 CLASSES = 3

@@ -18,7 +18,7 @@ from __future__ import annotations
 import gzip
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -179,7 +179,7 @@ def _require_root(root: str | None, dataset: str, what: str) -> Path:
 class _ArrayUnpickler(pickle.Unpickler):
     """Unpickles plain containers and numpy arrays only: a batch file cannot run code when read."""
 
-    _ALLOWED = {
+    _ALLOWED: ClassVar[set[tuple[str, str]]] = {
         ("numpy.core.multiarray", "_reconstruct"),
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy.core.multiarray", "scalar"),
@@ -268,7 +268,7 @@ def _class_folder_samples(root: str | None, seed: int) -> tuple[list[Sample], li
         for label, name in enumerate(class_names):
             images = _images_in(path / name)
             order = rng.permutation(len(images))
-            test_count = int(round(CLASS_FOLDER_TEST_FRACTION * len(images))) if len(images) > 1 else 0
+            test_count = round(CLASS_FOLDER_TEST_FRACTION * len(images)) if len(images) > 1 else 0
             test_index = set(order[:test_count].tolist())
             for i, image in enumerate(images):
                 sample = Sample(image=image, label=label, name=f"{name}/{image.name}", defect=name)
@@ -347,7 +347,7 @@ def _stratified_subset(samples: list[Sample], limit: int, seed: int) -> list[Sam
     rng = np.random.default_rng(seed)
     chosen: list[int] = []
     for indices in by_class.values():
-        count = max(1, int(round(limit * len(indices) / len(samples))))
+        count = max(1, round(limit * len(indices) / len(samples)))
         chosen.extend(rng.choice(indices, size=min(count, len(indices)), replace=False).tolist())
     excess = len(chosen) - max(limit, len(by_class))
     if excess > 0:  # rounding up per class can overshoot by a few: drop those at random
