@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
 import zlib
@@ -419,6 +420,9 @@ def build_synthetic_splits(config: TrainConfig) -> Splits:
             raise InspectorError(
                 f"built-in dataset has no category '{category}'; choose one of {', '.join(CATEGORIES)}"
             )
+        logging.getLogger(__name__).warning(
+            "generating the built-in dataset's '%s' category under %s (done once)", category, root
+        )
         generate_dataset(root, categories=[category])
     data = dataclasses.replace(config.data, root=str(root), category=category)
     splits = build_mvtec_splits(dataclasses.replace(config, data=data))
