@@ -106,21 +106,12 @@ def _declare_output_shapes(onnx_bytes: bytes, shapes: list[list[int]]) -> bytes:
     return model.SerializeToString()
 
 
-def example_images(detector: Detector, batch_size: int) -> torch.Tensor:
-    """A batch of images in [0, 1] at the detector's input size, for tracing.
-
-    Tracing at batch 2 (not 1) keeps a size-1 batch from being mistaken for a constant by the tracer.
-    """
-    generator = torch.Generator().manual_seed(0)
-    return torch.rand(batch_size, detector.channels, *detector.input_size, generator=generator)
-
-
 def export_scoring_graph(detector: Detector, opset: int = DEFAULT_OPSET) -> ExportedGraph:
     """The fused scoring graph: ``image`` [N, C, H, W] -> raw ``score`` [N] and raw ``anomaly_map`` [N, 1, H, W]."""
     channels, (height, width) = detector.channels, detector.input_size
     onnx_bytes = export_graph(
         ScoringGraph(detector),
-        (example_images(detector, 2),),
+        detector.example_images(2),  # batch 2, not 1: the tracer must not take the batch for a constant
         [INPUT_NAME],
         [SCORE_OUTPUT, MAP_OUTPUT],
         opset,

@@ -224,15 +224,12 @@ class ALOCC(Detector):
     def components(self) -> dict[str, Component]:
         channels, (height, width) = self.channels, self.input_size
 
-        def images(batch_size: int) -> tuple[torch.Tensor, ...]:
-            return (torch.rand(batch_size, channels, height, width),)
-
         shape = f"[N,{channels},{height},{width}]"
         kind = "critic value (higher = more real)" if self.wasserstein else "logit of P(real)"
         return {
-            "reconstructor": Component(self.reconstructor, images, ["image"], ["reconstruction"],
+            "reconstructor": Component(self.reconstructor, self.example_images, ["image"], ["reconstruction"],
                                        f"image {shape} in [0,1] -> reconstruction {shape} in [0,1]"),
-            "discriminator": Component(self.discriminator, images, ["image"], ["logit"],
+            "discriminator": Component(self.discriminator, self.example_images, ["image"], ["logit"],
                                        f"image {shape} in [0,1] -> {kind} [N]"),
         }
 

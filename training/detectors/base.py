@@ -80,6 +80,11 @@ class Detector(nn.Module):
         """The detector's exportable parts, by file name (without ``.onnx``)."""
         raise NotImplementedError
 
+    def example_images(self, batch_size: int) -> tuple[torch.Tensor]:
+        """A seeded batch of images in [0, 1] at the input size: the example input of image-fed graphs."""
+        generator = torch.Generator().manual_seed(0)
+        return (torch.rand(batch_size, self.channels, *self.input_size, generator=generator),)
+
     @torch.no_grad()
     def visuals(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Images for the sample grids (e.g. ``{"reconstruction": x_hat}``), each ``[N, C, H, W]``."""

@@ -229,7 +229,7 @@ class BiGAN(Detector):
         channels, (height, width), latent = self.channels, self.input_size, self.latent_size
         shape = f"[N,{channels},{height},{width}]"
         return {
-            "encoder": Component(self.encoder, lambda n: (torch.rand(n, channels, height, width),), ["image"],
+            "encoder": Component(self.encoder, self.example_images, ["image"],
                                  ["latent"], f"image {shape} in [0,1] -> latent [N,{latent}]"),
             "generator": Component(self.generator, lambda n: (torch.randn(n, latent),), ["latent"], ["image"],
                                    f"latent [N,{latent}] (prior N(0, I)) -> image {shape} in [0,1]"),

@@ -206,18 +206,13 @@ class MemVAE(Detector):
         return score, anomaly_map
 
     def components(self) -> dict[str, Component]:
-        height, width = self.input_size
-
-        def image_input(batch: int) -> tuple[torch.Tensor, ...]:
-            return (torch.rand(batch, self.channels, height, width),)
-
         def latent_input(batch: int) -> tuple[torch.Tensor, ...]:
             return (torch.randn(batch, self.latent_dim),)
 
         return {
             "encoder": Component(
                 self.encoder,
-                image_input,
+                self.example_images,
                 ["image"],
                 ["mu", "logvar"],
                 "image [N,C,H,W] in [0,1] -> posterior mean and log-variance [N,latent]",

@@ -365,16 +365,13 @@ class RDNA(Detector):
         height, width = self.input_size
         channels = self.channels
 
-        def images(batch_size: int) -> tuple[torch.Tensor, ...]:
-            return (torch.rand(batch_size, channels, height, width),)
-
         def masks(batch_size: int) -> tuple[torch.Tensor, ...]:
             return ((torch.rand(batch_size, 1, height, width) > 0.5).float(),)
 
         parts = {
             "reconstructor": Component(
                 module=self.reconstructor,
-                example_inputs=images,
+                example_inputs=self.example_images,
                 input_names=["image"],
                 output_names=["reconstruction"],
                 description=f"image [N,{channels},{height},{width}] in [0,1] -> reconstruction [N,{channels},{height},{width}] "
@@ -383,7 +380,7 @@ class RDNA(Detector):
             "segmenter": Component(
                 # Same mode as the detector, so an exporter restoring the wrapper's mode cannot flip the nets'.
                 module=_Segmenter(self.reconstructor, self.segmenter).train(self.training),
-                example_inputs=images,
+                example_inputs=self.example_images,
                 input_names=["image"],
                 output_names=["anomaly_map"],
                 description=f"image [N,{channels},{height},{width}] in [0,1] -> anomaly probability [N,1,{height},{width}] "
@@ -393,7 +390,7 @@ class RDNA(Detector):
         if self.reconstruction_discriminator is not None:
             parts["reconstruction_discriminator"] = Component(
                 module=self.reconstruction_discriminator,
-                example_inputs=images,
+                example_inputs=self.example_images,
                 input_names=["image"],
                 output_names=["logit"],
                 description=f"image [N,{channels},{height},{width}] in [0,1] -> logit [N] "
