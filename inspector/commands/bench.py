@@ -8,10 +8,12 @@ from pathlib import Path
 import click
 
 from inspector.commands.options import (
+    batch_size_option,
     model_option,
     runtime_device_option,
     strict_device_option,
     threads_option,
+    workers_option,
 )
 
 
@@ -38,20 +40,8 @@ from inspector.commands.options import (
     show_default=True,
     help="Alternating model-only / end-to-end measurements; medians are reported.",
 )
-@click.option(
-    "--batch-size",
-    type=click.IntRange(min=1),
-    default=8,
-    show_default=True,
-    help="Images per model call, in both measurements.",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Decode/overlay threads of the end-to-end run.",
-)
+@batch_size_option
+@workers_option
 @click.option(
     "--save",
     type=click.Choice(("all", "anomalous", "none")),

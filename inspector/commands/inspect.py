@@ -8,12 +8,14 @@ from pathlib import Path
 import click
 
 from inspector.commands.options import (
+    batch_size_option,
     model_option,
     pixel_threshold_option,
     runtime_device_option,
     strict_device_option,
     threads_option,
     threshold_option,
+    workers_option,
 )
 
 EXIT_ANOMALY = 1
@@ -53,16 +55,8 @@ def warn(message: str) -> None:
 @runtime_device_option
 @strict_device_option
 @threads_option
-@click.option(
-    "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per model call."
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=2,
-    show_default=True,
-    help="Threads that decode and preprocess the next images and draw overlays while the model runs.",
-)
+@batch_size_option
+@workers_option
 @click.option(
     "--fail-on-anomaly",
     is_flag=True,

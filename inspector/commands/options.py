@@ -58,3 +58,13 @@ pixel_threshold_option = click.option(
     help="Pixel threshold on the normalised anomaly map in [0, 1] (0.5 = calibrated): sets the defect "
     "mask, the regions and the contours.",
 )
+batch_size_option = click.option(
+    "--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Images per model call."
+)
+workers_option = click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=2,
+    show_default=True,
+    help="Threads that decode and preprocess the next images and draw overlays while the model runs.",
+)
