@@ -16,6 +16,9 @@ FADE = 0.15  # the heatmap fades in over this span of normalised map values belo
 CONTOUR_BGR = (255, 255, 0)  # cyan: stands out against INFERNO's reds and yellows and most surfaces
 ANOMALOUS_BGR = (40, 40, 220)
 NORMAL_BGR = (60, 160, 40)
+# The colormap as a 256-entry table, built once: cv2.applyColorMap rebuilds it on every call.
+_LEVELS = np.arange(256, dtype=np.uint8).reshape(256, 1)
+_COLORMAP_TABLE = cv2.applyColorMap(_LEVELS, COLORMAP).reshape(1, 256, 3)
 
 
 def render_overlay(image_rgb: np.ndarray, inspection: Inspection) -> np.ndarray:
@@ -30,12 +33,13 @@ def render_overlay(image_rgb: np.ndarray, inspection: Inspection) -> np.ndarray:
     visible = inspection.map_window(start)  # only where the map is high enough to be coloured
     if visible is not None:
         (x, y, width, height), heat = visible
-        alpha = np.clip((heat - start) * (MAX_ALPHA / max(pixel_threshold - start, 1e-6)), 0.0, MAX_ALPHA)
-        colored = cv2.applyColorMap((np.clip(heat, 0.0, 1.0) * 255.0).astype(np.uint8), COLORMAP)
+        gain = np.float32(MAX_ALPHA / max(pixel_threshold - start, 1e-6))
+        alpha = np.clip((heat - np.float32(start)) * gain, np.float32(0.0), np.float32(MAX_ALPHA))
+        # The normalised map lies in [0, 1]; convertScaleAbs scales, rounds and saturates to uint8 in one pass.
+        heat_bytes = cv2.convertScaleAbs(heat, alpha=255.0)
+        colored = cv2.LUT(cv2.cvtColor(heat_bytes, cv2.COLOR_GRAY2BGR), _COLORMAP_TABLE)
         region = image_bgr[y : y + height, x : x + width]
-        region[:] = cv2.blendLinear(
-            region, colored, (1.0 - alpha).astype(np.float32), alpha.astype(np.float32)
-        )
+        region[:] = cv2.blendLinear(region, colored, np.float32(1.0) - alpha, alpha)
     thickness = max(1, round(min(image_bgr.shape[:2]) / 300))
     contours = inspection.defect_contours()
     if contours:
