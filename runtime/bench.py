@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,8 +19,9 @@ import cv2
 import numpy as np
 
 from inspector.preprocess import read_image
-from runtime.folder import DEFAULT_BATCH_SIZE, DEFAULT_WORKERS, inspect_folder, list_images
+from runtime.folder import DEFAULT_BATCH_SIZE, inspect_folder, list_images
 from runtime.scoring import Scorer
+from runtime.session import physical_cores
 
 
 def write_sample_images(folder: str | Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:
@@ -51,12 +53,16 @@ class Measurement:
     cpu_ms_per_image: float
 
 
-def model_only_throughput(scorer: Scorer, batches: list[np.ndarray]) -> Measurement:
-    """``session.run`` alone over already-prepared batches."""
+def model_only_throughput(scorer: Scorer, batches: list[np.ndarray], workers: int = 1) -> Measurement:
+    """``session.run`` alone over already-prepared batches, ``workers`` calls side by side (as `inspect`)."""
     images = sum(len(batch) for batch in batches)
     started, cpu_started = time.perf_counter(), time.process_time()
-    for batch in batches:
-        scorer.infer(batch)
+    if workers == 1:
+        for batch in batches:
+            scorer.infer(batch)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(scorer.infer, batches))
     return Measurement(
         images / (time.perf_counter() - started), (time.process_time() - cpu_started) * 1000.0 / images
     )
@@ -82,14 +88,19 @@ def benchmark(
     count: int = 64,
     repeats: int = 3,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    workers: int = DEFAULT_WORKERS,
+    workers: int = 0,
     save: str = "all",
+    single_call: Scorer | None = None,
 ) -> dict[str, Any]:
     """Measure model-only and end-to-end throughput on the same images; medians over ``repeats``.
 
+    Both run ``workers`` model calls side by side (0: one per core), so the ratio is the share of the
+    model's own throughput that the whole pipeline keeps. ``single_call`` (the same model with all cores
+    given to each call, one call at a time) adds a model-only reference for that other layout.
     ``images`` is searched recursively (e.g. the built-in dataset's ``data/synthetic/fabric/test``); with
     none, ``count`` sample images at the model's input size are generated.
     """
+    workers = workers or physical_cores()
     with tempfile.TemporaryDirectory(prefix="inspector-bench-") as scratch:
         scratch = Path(scratch)
         folder = Path(images) if images else scratch / "images"
@@ -100,18 +111,23 @@ def benchmark(
         batches = [scorer.prepare(decoded[i : i + batch_size]) for i in range(0, len(decoded), batch_size)]
         sizes = sorted({(image.shape[0], image.shape[1]) for image in decoded})
         del decoded
-        model_only_throughput(scorer, batches[:1])  # warm-up: first-run allocations are not the model's speed
-        model_only, end_to_end = [], []
+        # Warm-up: first-run allocations are not the model's speed.
+        model_only_throughput(scorer, batches[:workers], workers)
+        if single_call is not None:
+            model_only_throughput(single_call, batches[:1])
+        model_only, end_to_end, single = [], [], []
         for _ in range(repeats):
-            model_only.append(model_only_throughput(scorer, batches))
+            model_only.append(model_only_throughput(scorer, batches, workers))
             end_to_end.append(
                 end_to_end_throughput(folder, scorer, scratch / "out", batch_size, workers, save)
             )
+            if single_call is not None:
+                single.append(model_only_throughput(single_call, batches))
     model_median = statistics.median(m.images_per_second for m in model_only)
     e2e_median = statistics.median(m.images_per_second for m in end_to_end)
     model_cpu = statistics.median(m.cpu_ms_per_image for m in model_only)
     e2e_cpu = statistics.median(m.cpu_ms_per_image for m in end_to_end)
-    return {
+    result = {
         "model": str(scorer.session.path),
         "providers": scorer.session.providers,
         "input_size": list(scorer.session.input_size),
@@ -120,6 +136,7 @@ def benchmark(
         "generated_images": not images,
         "batch_size": batch_size,
         "workers": workers,
+        "threads_per_call": scorer.session.threads,
         "save": save,
         "repeats": repeats,
         "model_only_images_per_second": [round(m.images_per_second, 2) for m in model_only],
@@ -132,3 +149,8 @@ def benchmark(
         "end_to_end_cpu_ms_per_image": round(e2e_cpu, 2),
         "cpu_ratio": round(model_cpu / e2e_cpu, 4),
     }
+    if single_call is not None:
+        result["single_call_threads"] = single_call.session.threads
+        result["single_call_images_per_second"] = [round(m.images_per_second, 2) for m in single]
+        result["single_call_median"] = round(statistics.median(m.images_per_second for m in single), 2)
+    return result

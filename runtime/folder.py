@@ -1,8 +1,9 @@
-"""Inspect a folder of images: decode and preprocess on a thread pool while the model scores earlier batches.
+"""Inspect a folder of images: batches run side by side on a thread pool, each from file to report record.
 
-The main thread only runs the model and writes the report; workers decode and preprocess the next
-batches and turn finished batches into regions and overlays, so end-to-end throughput stays close to the
-model's own. Records are written in file order, one flushed line per image.
+Each worker takes one batch through decoding, preprocessing, the model, regions and overlays; on the CPU
+each model call gets its share of the cores (by default one worker and one inference thread per core),
+which keeps every core busy without the per-operator synchronisation that splitting one call costs.
+The main thread writes the records in file order, one flushed line per image.
 """
 
 from __future__ import annotations
@@ -11,9 +12,9 @@ import json
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,11 @@ from inspector.preprocess import IMAGE_EXTENSIONS, is_image_name, read_image
 from runtime.overlay import render_mask, render_overlay, write_image
 from runtime.report import Report
 from runtime.scoring import Scorer
+from runtime.session import physical_cores
 
 SAVE_CHOICES = ("all", "anomalous", "none")
 SUMMARY_NAME = "summary.json"
 DEFAULT_BATCH_SIZE = 8
-DEFAULT_WORKERS = 2
 SLOWEST_LISTED = 5
 
 
@@ -39,13 +40,6 @@ class _Item:
     image: np.ndarray | None = None
     error: str | None = None
     seconds: float = 0.0  # this image's decode, preprocessing, share of its batch's inference, drawing
-
-
-@dataclass
-class _Batch:
-    items: list[_Item]
-    model_input: np.ndarray | None = None
-    readable: list[_Item] = field(default_factory=list)
 
 
 def list_images(
@@ -90,7 +84,7 @@ def inspect_folder(
     resume: bool = False,
     force: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
-    workers: int = DEFAULT_WORKERS,
+    workers: int = 0,
     on_total: Callable[[int], None] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -109,8 +103,9 @@ def inspect_folder(
     """
     if save not in SAVE_CHOICES:
         raise InspectorError(f"--save {save!r}: choose one of {', '.join(SAVE_CHOICES)}")
-    if batch_size < 1 or workers < 1:
-        raise InspectorError("--batch-size and --workers must be at least 1")
+    if batch_size < 1 or workers < 0:
+        raise InspectorError("--batch-size must be at least 1 and --workers at least 0 (0: one per core)")
+    workers = workers or physical_cores()
     folder, out_dir = Path(folder), Path(out_dir)
     images = list_images(folder, recursive, exclude=out_dir)
     if not images:
@@ -170,80 +165,72 @@ def _pipeline(
     on_record: Callable[[dict[str, Any]], None] | None,
 ) -> None:
     chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    prefetch = workers + 1  # enough decoded batches queued that the model never waits on a worker
-    loads: deque[Future[_Batch]] = deque()
-    finishing: deque[Future[dict[str, Any]]] = deque()
+    in_flight = 2 * workers  # a finished batch waits for the one before it; keep every worker busy meanwhile
+    pending: deque[Future[tuple[list[dict[str, Any]], float]]] = deque()
     next_chunk = 0
 
-    def write_next() -> None:
-        record = finishing.popleft().result()
-        report.write(record)
-        records.append(record)
-        run.processed += 1
-        if on_record:
-            on_record(record)
-
-    def write_ready(block_above: int) -> None:
-        while finishing and (finishing[0].done() or len(finishing) > block_above):
-            write_next()
+    def write_batch(done: Future[tuple[list[dict[str, Any]], float]]) -> None:
+        batch_records, model_seconds = done.result()
+        run.model_seconds += model_seconds
+        for record in batch_records:
+            report.write(record)
+            records.append(record)
+            run.processed += 1
+            if on_record:
+                on_record(record)
 
     pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inspect")
     try:
-        while next_chunk < len(chunks) or loads:
-            while len(loads) < prefetch and next_chunk < len(chunks):
-                loads.append(pool.submit(_load, chunks[next_chunk], run.scorer))
+        while next_chunk < len(chunks) or pending:
+            while len(pending) < in_flight and next_chunk < len(chunks):
+                pending.append(pool.submit(_process, chunks[next_chunk], run))
                 next_chunk += 1
-            batch = loads.popleft().result()
-            model_seconds = 0.0
-            if batch.readable:
-                started = time.perf_counter()
-                raw_scores, raw_maps = run.scorer.infer(batch.model_input)
-                model_seconds = time.perf_counter() - started
-                run.model_seconds += model_seconds
-            index = 0
-            for item in batch.items:  # in file order, readable or not
-                if item.image is None:
-                    finishing.append(_done(_unreadable_record(item)))
-                    continue
-                item.seconds += model_seconds / len(batch.readable)
-                finishing.append(pool.submit(_finish, item, raw_scores[index], raw_maps[index], run))
-                index += 1
-            # Keep a bounded number of finished-but-unwritten images in memory.
-            write_ready(block_above=2 * batch_size * prefetch)
-        write_ready(block_above=0)
+            write_batch(pending.popleft())
     except KeyboardInterrupt:
-        for future in list(loads) + list(finishing):
-            future.cancel()
         pool.shutdown(wait=True, cancel_futures=True)
-        # Keep the images that were finished before the interruption, in order.
-        while finishing and not finishing[0].cancelled() and finishing[0].exception() is None:
-            write_next()
+        # Keep the batches that were finished before the interruption, in order.
+        while pending and not pending[0].cancelled() and pending[0].exception() is None:
+            write_batch(pending.popleft())
         raise
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _load(chunk: Sequence[tuple[str, Path]], scorer: Scorer) -> _Batch:
-    batch = _Batch(items=[])
-    for key, path in chunk:
+def _process(chunk: Sequence[tuple[str, Path]], run: _Run) -> tuple[list[dict[str, Any]], float]:
+    """One batch from files to report records on one worker thread: decode, preprocess, run the model,
+    find regions, draw overlays. Returns the records in file order and the model's seconds."""
+    items = [_read(key, path) for key, path in chunk]
+    readable = [item for item in items if item.image is not None]
+    model_seconds = 0.0
+    outputs: Iterator[tuple[float, np.ndarray]] = iter(())
+    if readable:
         started = time.perf_counter()
-        item = _Item(key, path)
-        try:
-            item.image = read_image(path)
-        except ImageReadError as error:
-            item.error = _reason(error, path)
-        except (OSError, MemoryError) as error:  # a file that vanished, a permission problem, a huge image
-            item.error = f"cannot be read ({type(error).__name__}: {error})"
-        item.seconds = time.perf_counter() - started
-        batch.items.append(item)
-    batch.readable = [item for item in batch.items if item.image is not None]
-    if batch.readable:
-        started = time.perf_counter()
-        batch.model_input = scorer.prepare([item.image for item in batch.readable])
-        share = (time.perf_counter() - started) / len(batch.readable)
-        for item in batch.readable:
+        model_input = run.scorer.prepare([item.image for item in readable])
+        prepared = time.perf_counter()
+        raw_scores, raw_maps = run.scorer.infer(model_input)
+        model_seconds = time.perf_counter() - prepared
+        share = (time.perf_counter() - started) / len(readable)
+        for item in readable:
             item.seconds += share
-    return batch
+        outputs = zip(raw_scores, raw_maps)
+    records = [
+        _unreadable_record(item) if item.image is None else _finish(item, *next(outputs), run)
+        for item in items
+    ]
+    return records, model_seconds
+
+
+def _read(key: str, path: Path) -> _Item:
+    started = time.perf_counter()
+    item = _Item(key, path)
+    try:
+        item.image = read_image(path)
+    except ImageReadError as error:
+        item.error = _reason(error, path)
+    except (OSError, MemoryError) as error:  # a file that vanished, a permission problem, a huge image
+        item.error = f"cannot be read ({type(error).__name__}: {error})"
+    item.seconds = time.perf_counter() - started
+    return item
 
 
 def _finish(item: _Item, raw_score: float, raw_map: np.ndarray, run: _Run) -> dict[str, Any]:
@@ -298,12 +285,6 @@ def _reason(error: Exception, path: Path) -> str:
     text = str(error)
     prefix = f"{path}: "
     return text.removeprefix(prefix)
-
-
-def _done(value: dict[str, Any]) -> Future[dict[str, Any]]:
-    future: Future[dict[str, Any]] = Future()
-    future.set_result(value)
-    return future
 
 
 def _summary(

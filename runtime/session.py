@@ -108,6 +108,11 @@ class ModelSession:
     def channels(self) -> int:
         return int(self.metadata.channels)
 
+    @property
+    def threads(self) -> int:
+        """onnxruntime's intra-op threads per call (0: onnxruntime's own choice)."""
+        return int(self.session.get_session_options().intra_op_num_threads)
+
     def run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Raw scores ``[N]`` and raw anomaly maps ``[N, h, w]`` for a model-input batch ``[N, C, H, W]``."""
         scores, maps = self.session.run([SCORE_OUTPUT, MAP_OUTPUT], {INPUT_NAME: batch})
@@ -180,8 +185,13 @@ def default_threads() -> int:
     move off a core that a decode thread is using, and the whole operator waits for it. Giving the count
     explicitly leaves placement to the OS scheduler.
     """
+    return physical_cores() if hasattr(os, "sched_getaffinity") else 0  # macOS, Windows: onnxruntime's own
+
+
+def physical_cores() -> int:
+    """Physical cores this process may use (logical CPUs where the topology is unknown); at least 1."""
     if not hasattr(os, "sched_getaffinity"):
-        return 0  # macOS, Windows: onnxruntime's own default
+        return os.cpu_count() or 1
     cores = set()
     for cpu in os.sched_getaffinity(0):
         topology = Path(f"/sys/devices/system/cpu/cpu{cpu}/topology")
@@ -190,6 +200,13 @@ def default_threads() -> int:
         except OSError:
             cores.add(("cpu", str(cpu)))  # no topology information: count logical CPUs
     return max(1, len(cores))
+
+
+def threads_per_worker(workers: int, threads: int = 0) -> tuple[int, int]:
+    """(workers, inference threads per model call) for a throughput run: 0 picks one worker per core and
+    divides the cores among the workers, so the model calls that run side by side never oversubscribe."""
+    workers = workers or physical_cores()
+    return workers, threads or max(1, physical_cores() // workers)
 
 
 def _check_signature(session: ort.InferenceSession, metadata: ModelMetadata, path: Path) -> None:

@@ -157,3 +157,25 @@ def test_inference_threads_are_not_pinned_to_cores_so_decode_threads_cannot_stal
     allowed = os.sched_getaffinity(0)
     assert all(os.sched_getaffinity(tid) == allowed for tid in thread_ids() - before)
     assert 1 <= default_threads() <= len(allowed)
+
+
+def test_throughput_runs_give_each_worker_its_share_of_the_cores(monkeypatch):
+    monkeypatch.setattr(session_module, "physical_cores", lambda: 4)
+    assert session_module.threads_per_worker(0) == (4, 1)  # default: one call per core, side by side
+    assert session_module.threads_per_worker(1) == (1, 4)  # one worker: every core to each call
+    assert session_module.threads_per_worker(3) == (3, 1)
+    assert session_module.threads_per_worker(2, threads=3) == (2, 3)  # an explicit count is kept
+
+
+def test_model_calls_side_by_side_on_one_session_give_the_same_outputs(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    session = load_model(build_deviation_model(tmp_path / "m.onnx"), threads=1)
+    batches = [np.random.default_rng(seed).random((4, 3, 32, 32), dtype=np.float32) for seed in range(6)]
+    one_at_a_time = [session.run(batch) for batch in batches]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        side_by_side = list(pool.map(session.run, batches))
+    for (scores, maps), (expected_scores, expected_maps) in zip(side_by_side, one_at_a_time):
+        np.testing.assert_array_equal(scores, expected_scores)
+        np.testing.assert_array_equal(maps, expected_maps)
+    assert session.threads == 1

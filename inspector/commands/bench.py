@@ -12,7 +12,7 @@ from inspector.commands.options import (
     model_option,
     runtime_device_option,
     strict_device_option,
-    threads_option,
+    throughput_threads_option,
     workers_option,
 )
 
@@ -58,7 +58,7 @@ from inspector.commands.options import (
 )
 @runtime_device_option
 @strict_device_option
-@threads_option
+@throughput_threads_option
 def bench_command(
     model_path: str,
     images: Path | None,
@@ -74,6 +74,7 @@ def bench_command(
 ) -> None:
     """Measure a model's own throughput in onnxruntime and the end-to-end `inspect` throughput (decode,
     preprocess, inference, regions, overlays, reports) on the same images, in one run, and their ratio.
+    Both use the same workers and threads; one call at a time on all cores is measured as a reference.
 
     \b
     Example:
@@ -81,23 +82,27 @@ def bench_command(
     """
     from runtime.bench import benchmark
     from runtime.scoring import Scorer
-    from runtime.session import load_model
+    from runtime.session import load_model, threads_per_worker
 
-    scorer = Scorer(
-        load_model(
-            model_path,
-            device,
-            strict_device,
-            threads,
-            warn=lambda message: click.echo(f"warning: {message}", err=True),
-        )
-    )
+    def open_model(threads: int) -> Scorer:
+        warn = lambda message: click.echo(f"warning: {message}", err=True)
+        return Scorer(load_model(model_path, device, strict_device, threads, warn=warn))
+
+    workers, threads = threads_per_worker(workers, threads)
     result = benchmark(
-        scorer, images=images, count=count, repeats=repeats, batch_size=batch_size, workers=workers, save=save
+        open_model(threads),
+        images=images,
+        count=count,
+        repeats=repeats,
+        batch_size=batch_size,
+        workers=workers,
+        save=save,
+        single_call=open_model(0) if workers > 1 else None,
     )
     click.echo(
         f"model: {result['model']} on {', '.join(result['providers'])}, {result['images']} images, "
-        f"batch {batch_size}, {repeats} repeats (medians)"
+        f"batch {batch_size}, {workers} worker(s) x {result['threads_per_call']} thread(s), "
+        f"{repeats} repeats (medians)"
     )
     click.echo(f"model only (onnxruntime): {result['model_only_median']:8.1f} images/s")
     click.echo(f"end to end (inspect):     {result['end_to_end_median']:8.1f} images/s")
@@ -106,5 +111,10 @@ def bench_command(
         f"CPU per image: model {result['model_only_cpu_ms_per_image']:.1f} ms, end to end "
         f"{result['end_to_end_cpu_ms_per_image']:.1f} ms (ratio {result['cpu_ratio']:.0%})"
     )
+    if "single_call_median" in result:
+        click.echo(
+            f"reference: model only, one call at a time on {result['single_call_threads'] or 'all'} "
+            f"thread(s): {result['single_call_median']:.1f} images/s"
+        )
     if json_path:
         json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

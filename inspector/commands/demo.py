@@ -48,7 +48,9 @@ CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
     default=None,
     help="Training time limit in minutes (default: the preset's, 10 on a 2-core CPU).",
 )
-@click.option("--max-steps", type=click.IntRange(min=1), default=None, help="Stop training after this many steps.")
+@click.option(
+    "--max-steps", type=click.IntRange(min=1), default=None, help="Stop training after this many steps."
+)
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @torch_device_option
 def demo_command(
@@ -76,7 +78,7 @@ def demo_command(
     from inspector.config import load_config
     from runtime.folder import inspect_folder
     from runtime.scoring import Scorer
-    from runtime.session import load_model
+    from runtime.session import load_model, threads_per_worker
     from training.trainer import train
 
     preset = CONFIGS_DIR / f"{detector}_cpu.yaml"
@@ -104,9 +106,11 @@ def demo_command(
     model_path = export_run(run_dir, log=click.echo).model_path
 
     click.secho("3/3 inspect the test images with the exported model", bold=True)
-    scorer = Scorer(load_model(model_path, "cpu"))
+    workers, threads = threads_per_worker(0)  # as `inspector inspect` does by default
+    scorer = Scorer(load_model(model_path, "cpu", threads=threads))
     inspection_dir = run_dir / "inspection"
-    summary = inspect_folder(data_root / category / "test", scorer, inspection_dir, recursive=True, force=True)
+    test_dir = data_root / category / "test"
+    summary = inspect_folder(test_dir, scorer, inspection_dir, recursive=True, force=True, workers=workers)
     click.echo(
         f"{summary['scored']} images scored, {summary['anomalous']} flagged anomalous "
         f"({summary['this_run']['images_per_second']:.1f} images/s)"

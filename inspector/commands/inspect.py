@@ -13,8 +13,8 @@ from inspector.commands.options import (
     pixel_threshold_option,
     runtime_device_option,
     strict_device_option,
-    threads_option,
     threshold_option,
+    throughput_threads_option,
     workers_option,
 )
 
@@ -54,7 +54,7 @@ def warn(message: str) -> None:
 @pixel_threshold_option
 @runtime_device_option
 @strict_device_option
-@threads_option
+@throughput_threads_option
 @batch_size_option
 @workers_option
 @click.option(
@@ -94,8 +94,9 @@ def inspect_command(
     """
     from runtime.folder import inspect_folder
     from runtime.scoring import Scorer
-    from runtime.session import load_model
+    from runtime.session import load_model, threads_per_worker
 
+    workers, threads = threads_per_worker(workers, threads)
     scorer = Scorer(
         load_model(model_path, device, strict_device, threads, warn=warn), threshold, pixel_threshold
     )
