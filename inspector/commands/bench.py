@@ -11,6 +11,7 @@ from inspector.commands.options import (
     batch_size_option,
     model_option,
     runtime_device_option,
+    save_option,
     strict_device_option,
     throughput_threads_option,
     workers_option,
@@ -42,13 +43,7 @@ from inspector.commands.options import (
 )
 @batch_size_option
 @workers_option
-@click.option(
-    "--save",
-    type=click.Choice(("all", "anomalous", "none")),
-    default="all",
-    show_default=True,
-    help="Overlays written by the end-to-end run (as `inspect --save`).",
-)
+@save_option
 @click.option(
     "--json",
     "json_path",

@@ -12,6 +12,7 @@ from inspector.commands.options import (
     model_option,
     pixel_threshold_option,
     runtime_device_option,
+    save_option,
     strict_device_option,
     threshold_option,
     throughput_threads_option,
@@ -38,13 +39,7 @@ def warn(message: str) -> None:
     "[default: runs/inspect/<FOLDER name>].",
 )
 @click.option("--recursive", "-r", is_flag=True, help="Also inspect images in sub-folders.")
-@click.option(
-    "--save",
-    type=click.Choice(("all", "anomalous", "none")),
-    default="all",
-    show_default=True,
-    help="Which heatmap overlays to write to OUT/overlays/.",
-)
+@save_option
 @click.option("--masks", "save_masks", is_flag=True, help="Also write the plain defect masks to OUT/masks/.")
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted run: skip images already in the report."

@@ -77,3 +77,10 @@ workers_option = click.option(
     help="Batches processed side by side, each on its own thread from decoding to overlay; "
     "0 = one per physical core.",
 )
+save_option = click.option(
+    "--save",
+    type=click.Choice(("all", "anomalous", "none")),
+    default="all",
+    show_default=True,
+    help="Which heatmap overlays to write to OUT/overlays/ (bench: in its end-to-end runs).",
+)
