@@ -22,9 +22,9 @@ import math
 import multiprocessing
 import os
 import platform
+import signal
 import sys
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
 import numpy as np
@@ -172,6 +172,14 @@ def run_task(name: str, normal_class: int, args: argparse.Namespace) -> tuple[st
     return name, normal_class, {**result, "wall_seconds": time.perf_counter() - start}
 
 
+def run_packed_task(task: tuple[str, int, argparse.Namespace]) -> tuple[str, int, dict]:
+    return run_task(*task)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def markdown(results: dict, classes: list[int], budget: float, threads: int, wall: dict, clock: str) -> str:
     header = "| detector | " + " | ".join(str(c) for c in classes) + " | mean | budget / class | wall time (sum over classes) |"
     lines = [
@@ -252,9 +260,9 @@ def main(argv: list[str] | None = None) -> int:
         outcomes = (run_task(name, c, args) for name, c in tasks)
     else:
         context = multiprocessing.get_context("spawn")  # a fresh interpreter per worker: no forked torch state
-        pool = ProcessPoolExecutor(args.jobs, mp_context=context, initializer=torch.set_num_threads,
-                                   initargs=(args.threads,))
-        outcomes = (future.result() for future in as_completed([pool.submit(run_task, n, c, args) for n, c in tasks]))
+        pool = context.Pool(args.jobs, initializer=torch.set_num_threads, initargs=(args.threads,))
+        outcomes = pool.imap_unordered(run_packed_task, [(name, c, args) for name, c in tasks])
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the workers too, like Ctrl-C
     try:
         for name, normal_class, result in outcomes:
             results[name][normal_class] = result
@@ -264,9 +272,13 @@ def main(argv: list[str] | None = None) -> int:
     except InspectorError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"interrupted: the runs finished so far are in {out.with_suffix('.json')}", file=sys.stderr)
+        return 130
     finally:
         if pool is not None:
-            pool.shutdown(cancel_futures=True)
+            pool.terminate()
+            pool.join()
     for name in wanted:  # table rows in the order asked for, classes in order
         results[name] = {c: results[name][c] for c in classes}
     save(partial=False)
