@@ -67,7 +67,7 @@ class ModelMetadata:
         channels: int,
         calibration: Calibration | None,
         trained_on: dict[str, Any],
-    ) -> "ModelMetadata":
+    ) -> ModelMetadata:
         """Build metadata from a run's calibration (``None``: uncalibrated, thresholds at 0.5 of [0, 1])."""
         if calibration is None:
             return cls(
@@ -117,7 +117,7 @@ class ModelMetadata:
         return json.dumps(values, sort_keys=True)
 
     @classmethod
-    def from_json(cls, text: str | None, source: str = "model") -> "ModelMetadata":
+    def from_json(cls, text: str | None, source: str = "model") -> ModelMetadata:
         """Parse and validate the ``inspector`` metadata of a model file.
 
         Raises:

@@ -44,7 +44,7 @@ class Calibration:
         return {key: _plain(value) for key, value in asdict(self).items()}
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> "Calibration":
+    def from_dict(cls, values: dict[str, Any]) -> Calibration:
         known = {name: values[name] for name in cls.__dataclass_fields__ if name in values}
         return cls(**known)
 
@@ -52,7 +52,7 @@ class Calibration:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n", encoding="utf-8")
 
     @classmethod
-    def load(cls, path: str | Path) -> "Calibration":
+    def load(cls, path: str | Path) -> Calibration:
         return cls.from_dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 

@@ -6,8 +6,8 @@ turned into model input in exactly one way (the exported graph itself does any m
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import cv2
 import numpy as np

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import click
 
 DEVICES_RUNTIME = ("auto", "cpu", "cuda", "coreml", "tensorrt", "openvino")
@@ -35,20 +37,20 @@ strict_device_option = click.option(
     is_flag=True,
     help="Fail (exit 2) instead of falling back to the CPU when the requested --device is unavailable.",
 )
-threads_option = click.option(
-    "--threads",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="onnxruntime intra-op threads; 0 = one per physical core available to this process.",
-)
-throughput_threads_option = click.option(
-    "--threads",
-    type=click.IntRange(min=0),
-    default=0,
-    show_default=True,
-    help="onnxruntime intra-op threads of each model call; 0 = the cores divided among the --workers "
-    "(1 with the default workers: calls side by side beat one call split across cores).",
+def _threads_option(meaning_of_zero: str) -> Callable[[Callable], Callable]:
+    return click.option(
+        "--threads",
+        type=click.IntRange(min=0),
+        default=0,
+        show_default=True,
+        help=f"onnxruntime intra-op threads of each model call; 0 = {meaning_of_zero}.",
+    )
+
+
+threads_option = _threads_option("one per physical core available to this process")
+throughput_threads_option = _threads_option(
+    "the cores divided among the --workers (1 with the default workers: calls side by side beat one call "
+    "split across cores)"
 )
 threshold_option = click.option(
     "--threshold",
