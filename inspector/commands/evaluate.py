@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import click
 
-from inspector.commands.options import torch_device_option
-from inspector.config import DATA_FORMATS
+from inspector.commands.options import data_format_option, torch_device_option
 
 
 def _log(line: str) -> None:
@@ -21,13 +20,7 @@ def _log(line: str) -> None:
     default=None,
     help="Dataset folder to use instead of the run's own (data.root), e.g. after moving the data.",
 )
-@click.option(
-    "--format",
-    "data_format",
-    type=click.Choice(DATA_FORMATS),
-    default=None,
-    help="Dataset layout (data.format).",
-)
+@data_format_option
 @click.option("--category", default=None, help="Category inside --data (MVTec or built-in).")
 @click.option(
     "--checkpoint",

@@ -6,6 +6,8 @@ from collections.abc import Callable
 
 import click
 
+from inspector.config import DATA_FORMATS
+
 DEVICES_RUNTIME = ("auto", "cpu", "cuda", "coreml", "tensorrt", "openvino")
 DEVICES_TORCH = ("auto", "cpu", "cuda", "mps")
 
@@ -23,6 +25,13 @@ runtime_device_option = click.option(
     show_default=True,
     help="Execution provider: auto prefers CUDA, then CoreML, then CPU; a missing one falls back to the CPU "
     "with a warning.",
+)
+data_format_option = click.option(
+    "--format",
+    "data_format",
+    type=click.Choice(DATA_FORMATS),
+    default=None,
+    help="Dataset layout (data.format).",
 )
 torch_device_option = click.option(
     "--device",

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from inspector.commands.options import torch_device_option
-from inspector.config import DATA_FORMATS, load_config
+from inspector.commands.options import data_format_option, torch_device_option
+from inspector.config import load_config
 from inspector.errors import InspectorError
 
 #: ``--resume`` given without a run directory: resume ``<out>/<name>`` of the config.
@@ -62,13 +62,7 @@ def _input_size(value: str | None) -> list[int] | None:
     help="Dataset folder (data.root): the folder holding the MVTec categories, the built-in data's folder, "
     "or the base of relative folder paths.",
 )
-@click.option(
-    "--format",
-    "data_format",
-    type=click.Choice(DATA_FORMATS),
-    default=None,
-    help="Dataset layout (data.format).",
-)
+@data_format_option
 @click.option(
     "--category", default=None, help="Category inside --data (MVTec or built-in), e.g. bottle or fabric."
 )
