@@ -9,6 +9,7 @@ import click
 
 from inspector.commands.options import (
     batch_size_option,
+    echo_warning,
     model_option,
     runtime_device_option,
     save_option,
@@ -80,8 +81,7 @@ def bench_command(
     from runtime.session import load_model, threads_per_worker
 
     def open_model(threads: int) -> Scorer:
-        warn = lambda message: click.echo(f"warning: {message}", err=True)
-        return Scorer(load_model(model_path, device, strict_device, threads, warn=warn))
+        return Scorer(load_model(model_path, device, strict_device, threads, warn=echo_warning))
 
     workers, threads = threads_per_worker(workers, threads)
     result = benchmark(

@@ -9,6 +9,7 @@ import click
 
 from inspector.commands.options import (
     batch_size_option,
+    echo_warning,
     model_option,
     pixel_threshold_option,
     runtime_device_option,
@@ -21,10 +22,6 @@ from inspector.commands.options import (
 
 EXIT_ANOMALY = 1
 EXIT_INTERRUPTED = 130
-
-
-def warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
 
 
 @click.command("inspect")
@@ -93,7 +90,7 @@ def inspect_command(
 
     workers, threads = threads_per_worker(workers, threads)
     scorer = Scorer(
-        load_model(model_path, device, strict_device, threads, warn=warn), threshold, pixel_threshold
+        load_model(model_path, device, strict_device, threads, warn=echo_warning), threshold, pixel_threshold
     )
     out_dir = out_dir or Path("runs") / "inspect" / (folder.resolve().stem or "images")
     bar = _ProgressBar(quiet)

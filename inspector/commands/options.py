@@ -26,6 +26,13 @@ runtime_device_option = click.option(
     help="Execution provider: auto prefers CUDA, then CoreML, then CPU; a missing one falls back to the CPU "
     "with a warning.",
 )
+
+
+def echo_warning(message: str) -> None:
+    """How every command prints a warning: one line on stderr (e.g. a provider falling back to the CPU)."""
+    click.echo(f"warning: {message}", err=True)
+
+
 data_format_option = click.option(
     "--format",
     "data_format",
@@ -46,6 +53,8 @@ strict_device_option = click.option(
     is_flag=True,
     help="Fail (exit 2) instead of falling back to the CPU when the requested --device is unavailable.",
 )
+
+
 def _threads_option(meaning_of_zero: str) -> Callable[[Callable], Callable]:
     return click.option(
         "--threads",

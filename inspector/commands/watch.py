@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from inspector.commands.options import (
+    echo_warning,
     model_option,
     pixel_threshold_option,
     runtime_device_option,
@@ -115,7 +116,7 @@ def watch_command(
     spec = source if source is not None else (camera if camera is not None else 0)
     frame_source = open_source(spec, fps=fps)
     scorer = Scorer(
-        load_model(model_path, device, strict_device, threads, warn=_warn), threshold, pixel_threshold
+        load_model(model_path, device, strict_device, threads, warn=echo_warning), threshold, pixel_threshold
     )
     summary = watch(
         frame_source,
@@ -139,10 +140,6 @@ def watch_command(
         f"events: {out_dir / 'events.jsonl'}; summary: {out_dir / 'summary.json'}"
         + (f"; recording: {record}" if record else "")
     )
-
-
-def _warn(message: str) -> None:
-    click.echo(f"warning: {message}", err=True)
 
 
 def _note(message: str) -> None:
