@@ -31,6 +31,15 @@ def cli() -> None:
 
     Try it with no data of your own: `inspector demo`.
     """
+    quiet_opencv()
+
+
+def quiet_opencv() -> None:
+    """Keep OpenCV's own decoder warnings off the terminal: every unreadable file is already reported
+    with its reason, and a stray ``[ WARN ...]`` line would break the progress bar."""
+    import cv2
+
+    cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_ERROR)
 
 
 def _register_commands() -> None:

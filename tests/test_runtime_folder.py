@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import csv
 import json
+import subprocess
+import sys
 
 import cv2
 import numpy as np
@@ -302,3 +304,23 @@ def test_bench_reports_model_only_and_end_to_end_throughput_and_their_ratio(tmp_
     )
     if measured["workers"] > 1:  # the one-call-at-a-time reference is measured on multi-core machines
         assert measured["threads_per_call"] == 1 and measured["single_call_median"] > 0
+
+
+def test_decoder_warnings_stay_off_the_terminal_when_the_report_has_the_reason(tmp_path, model):
+    # OpenCV prints its own warnings to the process's stderr (not Python's), so run the real command.
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    _, png = cv2.imencode(".png", part(64, 96))
+    (photos / "truncated.png").write_bytes(png.tobytes()[: len(png) // 2])
+    command = [sys.executable, "-c", "from inspector.cli import main; main()", "inspect", str(photos)]
+    result = subprocess.run(
+        [*command, "--model", str(model), "--out", str(tmp_path / "out"), "-q"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert result.returncode == 0, result.stderr
+    records, _ = rows_by_path(tmp_path / "out")
+    assert "not a decodable image" in records["truncated.png"]["error"]
+    assert "WARN" not in result.stderr, result.stderr
