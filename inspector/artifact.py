@@ -90,7 +90,11 @@ class ModelMetadata:
                 "image": [float(calibration.image_min), float(calibration.image_max)],
                 "pixel": [float(calibration.pixel_min), float(calibration.pixel_max)],
             },
-            calibration={"method": calibration.method, "target": calibration.target, "data": calibration.data},
+            calibration={
+                "method": calibration.method,
+                "target": calibration.target,
+                "data": calibration.data,
+            },
             trained_on=trained_on,
         )
 

@@ -91,7 +91,9 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainCon
     kwargs: dict[str, Any] = {}
     for key, value in values.items():
         if key not in TrainConfig.__dataclass_fields__:
-            raise InspectorError(f"{source}: unknown key '{key}'; known: {', '.join(TrainConfig.__dataclass_fields__)}")
+            raise InspectorError(
+                f"{source}: unknown key '{key}'; known: {', '.join(TrainConfig.__dataclass_fields__)}"
+            )
         if key in nested:
             kwargs[key] = _nested(nested[key], value, f"{source}: {key}")
         else:
@@ -99,7 +101,9 @@ def config_from_dict(values: dict[str, Any], source: str = "config") -> TrainCon
     config = TrainConfig(**kwargs)
     config.input_size = [int(v) for v in config.input_size]
     if config.data.format not in DATA_FORMATS:
-        raise InspectorError(f"{source}: data.format '{config.data.format}' unknown; use one of {', '.join(DATA_FORMATS)}")
+        raise InspectorError(
+            f"{source}: data.format '{config.data.format}' unknown; use one of {', '.join(DATA_FORMATS)}"
+        )
     if config.channels not in (1, 3):
         raise InspectorError(f"{source}: channels must be 1 or 3, got {config.channels}")
     return config

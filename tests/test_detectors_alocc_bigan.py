@@ -19,6 +19,8 @@ from inspector.cli import cli
 from training.detectors import build_detector
 
 SIZE = 16
+
+
 @pytest.fixture(autouse=True)
 def one_thread():
     """Tiny nets run fastest on one thread, and the test machine is shared."""
@@ -36,7 +38,9 @@ def stripes(count: int, channels: int, generator: torch.Generator) -> torch.Tens
     rows = torch.arange(SIZE, dtype=torch.float32)
     phase = torch.rand(count, 1, 1, 1, generator=generator) * 6.28
     pattern = 0.5 + 0.3 * torch.sin(rows.view(1, 1, SIZE, 1) * 1.5 + phase)
-    image = pattern.expand(count, channels, SIZE, SIZE) + 0.03 * torch.randn(count, channels, SIZE, SIZE, generator=generator)
+    image = pattern.expand(count, channels, SIZE, SIZE) + 0.03 * torch.randn(
+        count, channels, SIZE, SIZE, generator=generator
+    )
     return image.clamp(0, 1)
 
 
@@ -58,9 +62,13 @@ def trained(name: str, channels: int, steps: int, options: dict | None = None):
     return detector, history, generator
 
 
-@pytest.mark.parametrize("name,options", [
-    ("alocc", {"score": "reconstruction", "rec_weight": 100.0}), ("bigan", {"cycle_weight": 1.0}),
-])
+@pytest.mark.parametrize(
+    "name,options",
+    [
+        ("alocc", {"score": "reconstruction", "rec_weight": 100.0}),
+        ("bigan", {"cycle_weight": 1.0}),
+    ],
+)
 def test_after_a_few_steps_a_defective_part_scores_higher_and_its_map_lights_up_the_defect(name, options):
     detector, history, generator = trained(name, 1, steps=40, options=options)
     assert all(np.isfinite(value) for step in history for value in step.values())
@@ -107,7 +115,12 @@ def test_alocc_wasserstein_variant_trains_with_a_gradient_penalty_and_scores_min
 
 
 def test_bigan_options_train_and_the_prior_gives_images():
-    options = {"spectral_norm": True, "label_smoothing": True, "instance_noise": 0.2, "score_term": "feature_matching"}
+    options = {
+        "spectral_norm": True,
+        "label_smoothing": True,
+        "instance_noise": 0.2,
+        "score_term": "feature_matching",
+    }
     detector, history, _ = trained("bigan", 3, steps=3, options=options)
     assert all(np.isfinite(value) for step in history for value in step.values())
     assert int(detector.steps_taken) == 3
@@ -120,11 +133,18 @@ def run_onnx(onnx_bytes: bytes, feeds: dict[str, np.ndarray]) -> list[np.ndarray
     return session.run(None, feeds)
 
 
-@pytest.mark.parametrize("name,channels,options", [
-    ("alocc", 1, {}), ("alocc", 3, {"wasserstein": True}), ("bigan", 3, {"spectral_norm": True}),
-    ("bigan", 1, {"score_term": "feature_matching"}),
-])
-def test_scoring_graph_and_components_export_to_onnx_with_a_dynamic_batch_matching_torch(name, channels, options):
+@pytest.mark.parametrize(
+    "name,channels,options",
+    [
+        ("alocc", 1, {}),
+        ("alocc", 3, {"wasserstein": True}),
+        ("bigan", 3, {"spectral_norm": True}),
+        ("bigan", 1, {"score_term": "feature_matching"}),
+    ],
+)
+def test_scoring_graph_and_components_export_to_onnx_with_a_dynamic_batch_matching_torch(
+    name, channels, options
+):
     from export.onnx_export import export_components, export_scoring_graph
 
     detector, _, generator = trained(name, channels, steps=2, options=options)
@@ -138,12 +158,17 @@ def test_scoring_graph_and_components_export_to_onnx_with_a_dynamic_batch_matchi
     np.testing.assert_allclose(anomaly_map, torch_map.numpy(), rtol=1e-4, atol=1e-5)
 
     components = {graph.name: graph for graph in export_components(detector)}
-    expected = {"alocc": {"reconstructor", "discriminator"}, "bigan": {"encoder", "generator", "discriminator"}}
+    expected = {
+        "alocc": {"reconstructor", "discriminator"},
+        "bigan": {"encoder", "generator", "discriminator"},
+    }
     assert set(components) == expected[name]
     for component_name, component in detector.components().items():
         inputs = component.example_inputs(3)
-        outputs = run_onnx(components[component_name].onnx_bytes,
-                           {key: value.numpy() for key, value in zip(component.input_names, inputs)})
+        outputs = run_onnx(
+            components[component_name].onnx_bytes,
+            {key: value.numpy() for key, value in zip(component.input_names, inputs)},
+        )
         with torch.no_grad():
             reference = component.module(*inputs)
         reference = reference if isinstance(reference, tuple) else (reference,)
@@ -194,9 +219,17 @@ def run_cli(*args: object):
 
 def write_config(folder: Path, detector: str, root: Path, options: dict) -> Path:
     values = {
-        "name": detector, "detector": detector, "detector_options": {**SMALL[detector], **options},
-        "input_size": [28, 28], "channels": 1, "epochs": 2, "batch_size": 8, "lr": 0.001, "val_every_steps": 4,
-        "device": "cpu", "out": str(folder / "runs"),
+        "name": detector,
+        "detector": detector,
+        "detector_options": {**SMALL[detector], **options},
+        "input_size": [28, 28],
+        "channels": 1,
+        "epochs": 2,
+        "batch_size": 8,
+        "lr": 0.001,
+        "val_every_steps": 4,
+        "device": "cpu",
+        "out": str(folder / "runs"),
         "data": {"format": "mnist", "root": str(root), "normal_class": 0, "val_fraction": 0.2, "workers": 0},
     }
     path = folder / f"{detector}.yaml"
@@ -204,11 +237,16 @@ def write_config(folder: Path, detector: str, root: Path, options: dict) -> Path
     return path
 
 
-@pytest.mark.parametrize("detector,options,components", [
-    ("alocc", {"score": "discriminator"}, {"reconstructor", "discriminator"}),
-    ("bigan", {"cycle_weight": 1.0}, {"encoder", "generator", "discriminator"}),
-])
-def test_train_then_export_a_one_class_model_from_idx_files(tmp_path, idx_root, detector, options, components):
+@pytest.mark.parametrize(
+    "detector,options,components",
+    [
+        ("alocc", {"score": "discriminator"}, {"reconstructor", "discriminator"}),
+        ("bigan", {"cycle_weight": 1.0}, {"encoder", "generator", "discriminator"}),
+    ],
+)
+def test_train_then_export_a_one_class_model_from_idx_files(
+    tmp_path, idx_root, detector, options, components
+):
     config = write_config(tmp_path, detector, idx_root, options)
     trained_run = run_cli("train", "--config", config, "--no-progress")
     assert trained_run.exit_code == 0, trained_run.output

@@ -46,8 +46,13 @@ def write_idx_dataset(folder: Path, gz: bool) -> None:
 
 
 def splits_for(data_format: str, root: Path | None, normal_class: int, **data: object):
-    overrides = {"data.format": data_format, "data.root": None if root is None else str(root),
-                 "data.normal_class": normal_class, "input_size": [28, 28], "channels": 1}
+    overrides = {
+        "data.format": data_format,
+        "data.root": None if root is None else str(root),
+        "data.normal_class": normal_class,
+        "input_size": [28, 28],
+        "channels": 1,
+    }
     overrides.update({f"data.{key}": value for key, value in data.items()})
     return build_splits(load_config(None, overrides))
 
@@ -63,8 +68,12 @@ def test_a_flat_folder_of_idx_files_gives_the_normal_class_to_train_and_the_whol
     assert len(splits.test) == CLASSES * PER_CLASS_TEST
     for sample in splits.test:
         assert sample.label == (0 if int(sample.image[0, 0]) == 120 else 1) and sample.mask is None
-    assert splits.description == {"dataset": "fashion-mnist", "normal_class": 1, "class_name": "Trouser",
-                                  "root": str(tmp_path)}
+    assert splits.description == {
+        "dataset": "fashion-mnist",
+        "normal_class": 1,
+        "class_name": "Trouser",
+        "root": str(tmp_path),
+    }
 
 
 def test_torchvision_raw_layout_is_found_under_the_root(tmp_path):
@@ -85,14 +94,18 @@ def test_limits_keep_the_first_training_normals_and_a_stratified_test_subset(tmp
 
 def test_class_index_out_of_range_names_the_valid_range(tmp_path):
     write_idx_dataset(tmp_path, gz=True)
-    with pytest.raises(InspectorError, match=r"normal class 10 is out of range for fashion-mnist: use 0\.\.9"):
+    with pytest.raises(
+        InspectorError, match=r"normal class 10 is out of range for fashion-mnist: use 0\.\.9"
+    ):
         splits_for("fashion-mnist", tmp_path, normal_class=10)
 
 
 def test_a_folder_without_idx_files_says_what_was_expected_and_found(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "notes.txt").write_text("x")
-    with pytest.raises(InspectorError, match=r"expected the idx files train-images-idx3-ubyte.*found images/, notes\.txt"):
+    with pytest.raises(
+        InspectorError, match=r"expected the idx files train-images-idx3-ubyte.*found images/, notes\.txt"
+    ):
         splits_for("mnist", tmp_path, normal_class=0)
 
 
@@ -104,7 +117,9 @@ def test_a_corrupt_idx_file_is_named(tmp_path):
 
 
 def test_missing_fashion_mnist_says_where_to_put_it_and_how_to_install_it(tmp_path, monkeypatch):
-    with pytest.raises(InspectorError, match=r"not found at .*nowhere.*apt-get install dataset-fashion-mnist"):
+    with pytest.raises(
+        InspectorError, match=r"not found at .*nowhere.*apt-get install dataset-fashion-mnist"
+    ):
         splits_for("fashion-mnist", tmp_path / "nowhere", normal_class=0)
     monkeypatch.setattr(oneclass, "FASHION_MNIST_DEBIAN", tmp_path / "not-installed")
     with pytest.raises(InspectorError, match=r"set data.root .*apt-get install dataset-fashion-mnist"):
@@ -126,8 +141,12 @@ def write_cifar(folder: Path, per_batch: int = 6) -> None:
         data = np.zeros((per_batch, 3, 32, 32), dtype=np.uint8)
         for row, label in enumerate(labels):
             data[row, 0] = 10 * label  # red channel says the class; green and blue stay 0
-        batch = {b"batch_label": name.encode(), b"labels": labels, b"data": data.reshape(per_batch, 3072),
-                 b"filenames": [f"img{i}.png".encode() for i in range(per_batch)]}
+        batch = {
+            b"batch_label": name.encode(),
+            b"labels": labels,
+            b"data": data.reshape(per_batch, 3072),
+            b"filenames": [f"img{i}.png".encode() for i in range(per_batch)],
+        }
         (folder / name).write_bytes(pickle.dumps(batch, protocol=2))
     meta = {b"label_names": [n.encode() for n in oneclass.CIFAR10_CLASSES], b"num_vis": 3072}
     (folder / "batches.meta").write_bytes(pickle.dumps(meta, protocol=2))
@@ -135,8 +154,18 @@ def write_cifar(folder: Path, per_batch: int = 6) -> None:
 
 def test_cifar10_python_batches_give_rgb_images_of_the_normal_class(tmp_path):
     write_cifar(tmp_path / "cifar-10-batches-py")
-    splits = build_splits(load_config(None, {"data.format": "cifar10", "data.root": str(tmp_path),
-                                             "data.normal_class": 3, "input_size": [32, 32], "channels": 3}))
+    splits = build_splits(
+        load_config(
+            None,
+            {
+                "data.format": "cifar10",
+                "data.root": str(tmp_path),
+                "data.normal_class": 3,
+                "input_size": [32, 32],
+                "channels": 3,
+            },
+        )
+    )
     train = splits.train + splits.val
     assert train and all(s.image.shape == (32, 32, 3) and tuple(s.image[0, 0]) == (30, 0, 0) for s in train)
     assert splits.description["class_name"] == "cat"
@@ -157,7 +186,9 @@ class _Exploit:
 def test_a_cifar_batch_that_would_run_code_is_refused(tmp_path):
     write_cifar(tmp_path / "cifar-10-batches-py")
     marker = tmp_path / "code-ran"
-    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(pickle.dumps({b"data": _Exploit(marker)}, protocol=2))
+    (tmp_path / "cifar-10-batches-py" / "test_batch").write_bytes(
+        pickle.dumps({b"data": _Exploit(marker)}, protocol=2)
+    )
     with pytest.raises(InspectorError, match=r"test_batch: not a CIFAR python batch \(refusing to load "):
         splits_for("cifar10", tmp_path, normal_class=0)
     assert not marker.exists()

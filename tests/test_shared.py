@@ -83,7 +83,9 @@ def test_normalize_puts_threshold_at_half_and_clips():
 
 
 def _metadata() -> ModelMetadata:
-    calibration = Calibration(0.3, 0.4, 0.1, 0.9, 0.0, 1.0, method="quantile", target=0.01, data={"normal": 5})
+    calibration = Calibration(
+        0.3, 0.4, 0.1, 0.9, 0.0, 1.0, method="quantile", target=0.01, data={"normal": 5}
+    )
     return ModelMetadata.from_calibration("rdna", (64, 96), 3, calibration, {"dataset": "synthetic"})
 
 
@@ -92,7 +94,11 @@ def test_metadata_round_trips_and_restores_calibration():
     parsed = ModelMetadata.from_json(metadata.to_json())
     assert parsed == metadata
     calibration = parsed.to_calibration()
-    assert calibration.image_threshold == 0.3 and calibration.pixel_max == 1.0 and calibration.method == "quantile"
+    assert (
+        calibration.image_threshold == 0.3
+        and calibration.pixel_max == 1.0
+        and calibration.method == "quantile"
+    )
     assert json.loads(metadata.to_json())["schema"] == SCHEMA_VERSION
 
 
@@ -114,7 +120,12 @@ def test_config_overrides_and_unknown_keys(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("detector: draem\ninput_size: [64, 64]\ndata:\n  format: mvtec\n  category: bottle\n")
     config = load_config(path, {"data.category": "cable", "epochs": 3, "seed": None})
-    assert (config.detector, config.data.format, config.data.category, config.epochs) == ("draem", "mvtec", "cable", 3)
+    assert (config.detector, config.data.format, config.data.category, config.epochs) == (
+        "draem",
+        "mvtec",
+        "cable",
+        3,
+    )
     config.save(tmp_path / "resolved.yaml")
     assert load_config(tmp_path / "resolved.yaml") == config
     path.write_text("detecter: rdna\n")

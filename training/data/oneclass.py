@@ -29,7 +29,16 @@ from training.data.samples import Sample, Splits, split_validation
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (
-    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
 )
 MNIST_CLASSES = tuple(str(digit) for digit in range(10))
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
@@ -54,7 +63,9 @@ def build_oneclass_splits(config: TrainConfig) -> Splits:
     data = config.data
     data_format = data.format
     if data.normal_class is None:
-        raise InspectorError(f"data.format '{data_format}' needs a normal class: set data.normal_class (--normal-class)")
+        raise InspectorError(
+            f"data.format '{data_format}' needs a normal class: set data.normal_class (--normal-class)"
+        )
     if data_format == "class-folder":
         train, test, class_names, root = _class_folder_samples(data.root, config.seed)
     else:
@@ -62,7 +73,9 @@ def build_oneclass_splits(config: TrainConfig) -> Splits:
             root = _idx_root(data_format, data.root)
             arrays = read_idx_dataset(root, data_format)
         elif data_format == "cifar10":
-            root = _require_root(data.root, "CIFAR-10", "the cifar-10-batches-py folder (data_batch_1..5, test_batch)")
+            root = _require_root(
+                data.root, "CIFAR-10", "the cifar-10-batches-py folder (data_batch_1..5, test_batch)"
+            )
             arrays = read_cifar10(root)
         else:
             raise InspectorError(f"data.format '{data_format}' is not a one-class format")
@@ -108,7 +121,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
     count = int(np.prod(shape))
     if len(raw) - header != count:
-        raise InspectorError(f"{path}: idx header says {count} values but the file holds {len(raw) - header}; replace it")
+        raise InspectorError(
+            f"{path}: idx header says {count} values but the file holds {len(raw) - header}; replace it"
+        )
     return np.frombuffer(raw, dtype=np.uint8, offset=header).reshape(shape)
 
 
@@ -160,8 +175,12 @@ def _idx_root(data_format: str, root: str | None) -> Path:
                 f"Fashion-MNIST not found: set data.root to a folder with the four idx files "
                 f"(train-images-idx3-ubyte.gz ...), {hint}"
             )
-        return _require_root(root, "Fashion-MNIST", f"the four idx files (train-images-idx3-ubyte.gz ...), {hint}")
-    return _require_root(root, "MNIST", "the four idx files (train-images-idx3-ubyte.gz ...) or torchvision's MNIST/raw/")
+        return _require_root(
+            root, "Fashion-MNIST", f"the four idx files (train-images-idx3-ubyte.gz ...), {hint}"
+        )
+    return _require_root(
+        root, "MNIST", "the four idx files (train-images-idx3-ubyte.gz ...) or torchvision's MNIST/raw/"
+    )
 
 
 def _require_root(root: str | None, dataset: str, what: str) -> Path:
@@ -205,7 +224,9 @@ def load_cifar_batch(path: Path) -> dict:
     except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError) as error:
         raise InspectorError(f"{path}: not a CIFAR python batch ({error}); replace it") from None
     if not isinstance(batch, dict):
-        raise InspectorError(f"{path}: not a CIFAR python batch (expected a dict, found {type(batch).__name__})")
+        raise InspectorError(
+            f"{path}: not a CIFAR python batch (expected a dict, found {type(batch).__name__})"
+        )
     return {key.decode() if isinstance(key, bytes) else key: value for key, value in batch.items()}
 
 
@@ -226,7 +247,9 @@ def read_cifar10(root: Path) -> ClassArrays:
             images = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
             labels = np.asarray(batch["labels"], dtype=np.int64)
         except (KeyError, ValueError) as error:
-            raise InspectorError(f"{folder / name}: expected 'data' [N, 3072] and 'labels' in the batch ({error})") from None
+            raise InspectorError(
+                f"{folder / name}: expected 'data' [N, 3072] and 'labels' in the batch ({error})"
+            ) from None
         if len(images) != len(labels):
             raise InspectorError(f"{folder / name}: {len(images)} images but {len(labels)} labels")
         parts.append((images, labels))
@@ -245,8 +268,12 @@ def read_cifar10(root: Path) -> ClassArrays:
 # ------------------------------------------------------------------------------------------- class folders
 
 
-def _class_folder_samples(root: str | None, seed: int) -> tuple[list[Sample], list[Sample], tuple[str, ...], Path]:
-    path = _require_root(root, "class folder", "root/<train|test>/<class>/ or root/<class>/ folders of images")
+def _class_folder_samples(
+    root: str | None, seed: int
+) -> tuple[list[Sample], list[Sample], tuple[str, ...], Path]:
+    path = _require_root(
+        root, "class folder", "root/<train|test>/<class>/ or root/<class>/ folders of images"
+    )
     expected = "root/train/<class>/ and root/test/<class>/, or root/<class>/ with images"
     has_train, has_test = (path / "train").is_dir(), (path / "test").is_dir()
     if has_train != has_test:
@@ -256,7 +283,9 @@ def _class_folder_samples(root: str | None, seed: int) -> tuple[list[Sample], li
         train_classes, test_classes = _class_dirs(path / "train"), _class_dirs(path / "test")
         class_names = tuple(sorted(set(train_classes) | set(test_classes)))
         if not class_names:
-            raise InspectorError(f"{path}: expected {expected}; found no class folders under train/ and test/")
+            raise InspectorError(
+                f"{path}: expected {expected}; found no class folders under train/ and test/"
+            )
         train = _folder_images(path / "train", class_names)
         test = _folder_images(path / "test", class_names)
     else:
@@ -291,7 +320,11 @@ def _folder_images(split_dir: Path, class_names: tuple[str, ...]) -> list[Sample
     for label, name in enumerate(class_names):
         if (split_dir / name).is_dir():
             for image in _images_in(split_dir / name):
-                samples.append(Sample(image=image, label=label, name=f"{split_dir.name}/{name}/{image.name}", defect=name))
+                samples.append(
+                    Sample(
+                        image=image, label=label, name=f"{split_dir.name}/{name}/{image.name}", defect=name
+                    )
+                )
     return samples
 
 

@@ -20,7 +20,11 @@ def smooth_noise(shape: tuple[int, int], rng: np.random.Generator, cell: float) 
     scale = 1.0 / cell
     to_coarse = np.float32([[scale, 0.0, 1.0], [0.0, scale, 1.0]])
     field = cv2.warpAffine(
-        coarse, to_coarse, (width, height), flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP, borderMode=cv2.BORDER_REFLECT
+        coarse,
+        to_coarse,
+        (width, height),
+        flags=cv2.INTER_CUBIC | cv2.WARP_INVERSE_MAP,
+        borderMode=cv2.BORDER_REFLECT,
     )
     return (field - field.mean()) / (field.std() + 1e-6)
 

@@ -48,7 +48,7 @@ def split_validation(samples: list[Sample], fraction: float, seed: int) -> tuple
     if len(samples) < 2:
         return samples, []
     order = np.random.default_rng(seed).permutation(len(samples))
-    count = min(len(samples) - 1, max(1, int(round(fraction * len(samples)))))
+    count = min(len(samples) - 1, max(1, round(fraction * len(samples))))
     val_index = set(order[:count].tolist())
     train = [s for i, s in enumerate(samples) if i not in val_index]
     val = [s for i, s in enumerate(samples) if i in val_index]

@@ -1,13 +1,22 @@
 """Detectors: importing this package registers every detector module below."""
 
-from training.detectors.base import Component, Detector, build_detector, detector_names, get_detector_class, register
+from training.detectors.base import (
+    Component,
+    Detector,
+    build_detector,
+    detector_names,
+    get_detector_class,
+    register,
+)
 
 __all__ = ["Component", "Detector", "build_detector", "detector_names", "get_detector_class", "register"]
 
 # One import per detector module; each registers itself with @register.
-from training.detectors import rdna  # noqa: F401
-from training.detectors import draem  # noqa: F401
-from training.detectors import alocc  # noqa: F401
-from training.detectors import bigan  # noqa: F401
-from training.detectors import memvae  # noqa: F401
-from training.detectors import advvae  # noqa: F401
+from training.detectors import (
+    advvae,  # noqa: F401
+    alocc,  # noqa: F401
+    bigan,  # noqa: F401
+    draem,  # noqa: F401
+    memvae,  # noqa: F401
+    rdna,  # noqa: F401
+)

@@ -68,7 +68,11 @@ class Reconstructor(nn.Module):
             out_width = channels if last else reversed_widths[index + 1]
             # (s - 1) * 2 - 4 + 5 + p = t  ->  the output padding that lands on the encoder's size t.
             padding = tuple(t - (2 * s - 1) for t, s in zip(target, source))
-            layers.append(nn.ConvTranspose2d(width, out_width, 5, stride=2, padding=2, output_padding=padding, bias=last))
+            layers.append(
+                nn.ConvTranspose2d(
+                    width, out_width, 5, stride=2, padding=2, output_padding=padding, bias=last
+                )
+            )
             if last:
                 layers.append(nn.Sigmoid())
             else:
@@ -82,7 +86,9 @@ class Reconstructor(nn.Module):
 class Discriminator(nn.Module):
     """The encoder's conv stack then a linear layer to one logit (no BN for the Wasserstein critic)."""
 
-    def __init__(self, channels: int, widths: list[int], sizes: list[tuple[int, int]], batch_norm: bool) -> None:
+    def __init__(
+        self, channels: int, widths: list[int], sizes: list[tuple[int, int]], batch_norm: bool
+    ) -> None:
         super().__init__()
         self.features = _down_blocks(channels, widths, batch_norm=batch_norm)
         self.head = nn.Linear(widths[-1] * sizes[-1][0] * sizes[-1][1], 1)
@@ -120,7 +126,9 @@ class ALOCC(Detector):
     ) -> None:
         super().__init__(input_size, channels)
         if score not in SCORES:
-            raise InspectorError(f"alocc: detector_options.score must be one of {', '.join(SCORES)}, got '{score}'")
+            raise InspectorError(
+                f"alocc: detector_options.score must be one of {', '.join(SCORES)}, got '{score}'"
+            )
         sizes = halving_sizes(self.input_size, smallest)
         widths = block_widths(len(sizes) - 1, width, max_width)
         self.reconstructor = Reconstructor(channels, widths, sizes)
@@ -138,10 +146,14 @@ class ALOCC(Detector):
     def configure_optimizers(self, lr: float, total_steps: int) -> None:
         optimizers = {}
         for part, module in (("reconstructor", self.reconstructor), ("discriminator", self.discriminator)):
-            if self.wasserstein:  # WGAN-GP's own recipe (Gulrajani et al.): Adam without first-moment momentum
+            if (
+                self.wasserstein
+            ):  # WGAN-GP's own recipe (Gulrajani et al.): Adam without first-moment momentum
                 optimizers[part] = torch.optim.Adam(module.parameters(), lr=lr, betas=(0.0, 0.9))
             else:
-                optimizers[part] = torch.optim.RMSprop(module.parameters(), lr=lr, alpha=0.9, weight_decay=1e-9)
+                optimizers[part] = torch.optim.RMSprop(
+                    module.parameters(), lr=lr, alpha=0.9, weight_decay=1e-9
+                )
         self.optimizers = optimizers
         self.schedulers = {}
 
@@ -162,10 +174,15 @@ class ALOCC(Detector):
         disc.requires_grad_(True)
         real_logit, fake_logit = disc(image), disc(refined)
         if self.wasserstein:
-            d_loss = fake_logit.mean() - real_logit.mean() + self.gp_weight * self._gradient_penalty(image, refined)
+            d_loss = (
+                fake_logit.mean()
+                - real_logit.mean()
+                + self.gp_weight * self._gradient_penalty(image, refined)
+            )
         else:
-            d_loss = F.binary_cross_entropy_with_logits(real_logit, torch.ones_like(real_logit)) + \
-                F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+            d_loss = F.binary_cross_entropy_with_logits(
+                real_logit, torch.ones_like(real_logit)
+            ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
         self.optimizers["discriminator"].zero_grad(set_to_none=True)
         d_loss.backward()
         self.optimizers["discriminator"].step()
@@ -186,8 +203,12 @@ class ALOCC(Detector):
 
         rec = float(rec_error.detach())
         self._train_rec = rec if self._train_rec is None else 0.9 * self._train_rec + 0.1 * rec
-        return {"d_loss": float(d_loss.detach()), "r_loss": float(r_loss.detach()), "adversarial": float(adversarial.detach()),
-                "rec_error": rec}
+        return {
+            "d_loss": float(d_loss.detach()),
+            "r_loss": float(r_loss.detach()),
+            "adversarial": float(adversarial.detach()),
+            "rec_error": rec,
+        }
 
     @torch.no_grad()
     def validation_loss(self, batch: Batch) -> float:
@@ -227,10 +248,20 @@ class ALOCC(Detector):
         shape = f"[N,{channels},{height},{width}]"
         kind = "critic value (higher = more real)" if self.wasserstein else "logit of P(real)"
         return {
-            "reconstructor": Component(self.reconstructor, self.example_images, ["image"], ["reconstruction"],
-                                       f"image {shape} in [0,1] -> reconstruction {shape} in [0,1]"),
-            "discriminator": Component(self.discriminator, self.example_images, ["image"], ["logit"],
-                                       f"image {shape} in [0,1] -> {kind} [N]"),
+            "reconstructor": Component(
+                self.reconstructor,
+                self.example_images,
+                ["image"],
+                ["reconstruction"],
+                f"image {shape} in [0,1] -> reconstruction {shape} in [0,1]",
+            ),
+            "discriminator": Component(
+                self.discriminator,
+                self.example_images,
+                ["image"],
+                ["logit"],
+                f"image {shape} in [0,1] -> {kind} [N]",
+            ),
         }
 
     @torch.no_grad()

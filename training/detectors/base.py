@@ -14,8 +14,9 @@ and decorates it with :func:`register`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, ClassVar
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -151,7 +152,9 @@ def get_detector_class(name: str) -> type[Detector]:
     return _REGISTRY[name]
 
 
-def build_detector(name: str, input_size: tuple[int, int], channels: int, options: dict | None = None) -> Detector:
+def build_detector(
+    name: str, input_size: tuple[int, int], channels: int, options: dict | None = None
+) -> Detector:
     """Build a registered detector from its name, input size, channel count and options."""
     cls = get_detector_class(name)
     try:

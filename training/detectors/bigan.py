@@ -61,9 +61,13 @@ class SpectralNorm(nn.Module):
 class Encoder(nn.Module):
     """Image -> latent code: stride-2 conv blocks, then a linear layer (unbounded, like the N(0, I) prior)."""
 
-    def __init__(self, channels: int, widths: list[int], sizes: list[tuple[int, int]], latent_size: int) -> None:
+    def __init__(
+        self, channels: int, widths: list[int], sizes: list[tuple[int, int]], latent_size: int
+    ) -> None:
         super().__init__()
-        self.features = ConvEncoder(channels, widths, batch_norm=True, activation="leaky_relu", first_batch_norm=False)
+        self.features = ConvEncoder(
+            channels, widths, batch_norm=True, activation="leaky_relu", first_batch_norm=False
+        )
         self.to_latent = nn.Linear(widths[-1] * sizes[-1][0] * sizes[-1][1], latent_size)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
@@ -86,9 +90,13 @@ class JointDiscriminator(nn.Module):
         self.image_path = nn.Sequential(
             ConvEncoder(channels, widths, batch_norm=False, activation="leaky_relu"), nn.Dropout(dropout)
         )
-        self.latent_path = nn.Sequential(nn.Linear(latent_size, hidden), nn.LeakyReLU(0.2), nn.Dropout(dropout))
+        self.latent_path = nn.Sequential(
+            nn.Linear(latent_size, hidden), nn.LeakyReLU(0.2), nn.Dropout(dropout)
+        )
         image_features = widths[-1] * sizes[-1][0] * sizes[-1][1]
-        self.joint = nn.Sequential(nn.Linear(image_features + hidden, hidden), nn.LeakyReLU(0.2), nn.Dropout(dropout))
+        self.joint = nn.Sequential(
+            nn.Linear(image_features + hidden, hidden), nn.LeakyReLU(0.2), nn.Dropout(dropout)
+        )
         self.head = nn.Linear(hidden, 1)
 
     def forward(self, image: torch.Tensor, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,14 +144,17 @@ class BiGAN(Detector):
         widths = block_widths(len(sizes) - 1, width, max_width)
         self.latent_size = int(latent_size)
         self.encoder = Encoder(channels, widths, sizes, self.latent_size)
-        self.generator = ConvDecoder(self.latent_size, channels, widths, sizes, batch_norm=True,
-                                     activation="relu", output="sigmoid")
+        self.generator = ConvDecoder(
+            self.latent_size, channels, widths, sizes, batch_norm=True, activation="relu", output="sigmoid"
+        )
         self.discriminator = JointDiscriminator(channels, widths, sizes, self.latent_size, dropout=dropout)
         self.apply(_init_weights)
         if spectral_norm:
             for module in list(self.discriminator.modules()):
                 if isinstance(module, (nn.Conv2d, nn.Linear)):
-                    nn.utils.parametrize.register_parametrization(module, "weight", SpectralNorm(module.weight))
+                    nn.utils.parametrize.register_parametrization(
+                        module, "weight", SpectralNorm(module.weight)
+                    )
         self.alpha = float(alpha)
         self.score_term = score_term
         self.label_smoothing = bool(label_smoothing)
@@ -180,8 +191,9 @@ class BiGAN(Detector):
         real_target = torch.ones_like(real_logit)
         if self.label_smoothing:
             real_target = real_target - 0.1 * torch.rand_like(real_logit)
-        d_loss = F.binary_cross_entropy_with_logits(real_logit, real_target) + \
-            F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+        d_loss = F.binary_cross_entropy_with_logits(
+            real_logit, real_target
+        ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
         self.optimizers["discriminator"].zero_grad(set_to_none=True)
         d_loss.backward()
         self.optimizers["discriminator"].step()
@@ -191,8 +203,9 @@ class BiGAN(Detector):
         real_logit, _ = disc(self._noisy(image), code)
         fake_logit, _ = disc(self._noisy(generated), prior)
         # Swapped labels: E wants its pairs judged generated, G wants its pairs judged real.
-        eg_loss = F.binary_cross_entropy_with_logits(real_logit, torch.zeros_like(real_logit)) + \
-            F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
+        eg_loss = F.binary_cross_entropy_with_logits(
+            real_logit, torch.zeros_like(real_logit)
+        ) + F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
         losses = {"d_loss": float(d_loss.detach()), "eg_loss": float(eg_loss.detach())}
         if self.cycle_weight > 0:
             cycle = (self.generator(code) - image).abs().mean()
@@ -229,10 +242,20 @@ class BiGAN(Detector):
         channels, (height, width), latent = self.channels, self.input_size, self.latent_size
         shape = f"[N,{channels},{height},{width}]"
         return {
-            "encoder": Component(self.encoder, self.example_images, ["image"],
-                                 ["latent"], f"image {shape} in [0,1] -> latent [N,{latent}]"),
-            "generator": Component(self.generator, lambda n: (torch.randn(n, latent),), ["latent"], ["image"],
-                                   f"latent [N,{latent}] (prior N(0, I)) -> image {shape} in [0,1]"),
+            "encoder": Component(
+                self.encoder,
+                self.example_images,
+                ["image"],
+                ["latent"],
+                f"image {shape} in [0,1] -> latent [N,{latent}]",
+            ),
+            "generator": Component(
+                self.generator,
+                lambda n: (torch.randn(n, latent),),
+                ["latent"],
+                ["image"],
+                f"latent [N,{latent}] (prior N(0, I)) -> image {shape} in [0,1]",
+            ),
             "discriminator": Component(
                 self.discriminator,
                 lambda n: (torch.rand(n, channels, height, width), torch.randn(n, latent)),
