@@ -304,6 +304,10 @@ def test_bench_reports_model_only_and_end_to_end_throughput_and_their_ratio(tmp_
     )
     if measured["workers"] > 1:  # the one-call-at-a-time reference is measured on multi-core machines
         assert measured["threads_per_call"] == 1 and measured["single_call_median"] > 0
+        assert measured["single_call_ratio"] == pytest.approx(
+            measured["end_to_end_median"] / measured["single_call_median"], abs=1e-3
+        )
+        assert "onnxruntime defaults" in result.stdout
 
 
 def test_decoder_warnings_stay_off_the_terminal_when_the_report_has_the_reason(tmp_path, model):
