@@ -256,9 +256,6 @@ class AdvVAE(Detector):
         return score, anomaly_map
 
     def components(self) -> dict[str, Component]:
-        def latent_input(batch: int) -> tuple[torch.Tensor, ...]:
-            return (torch.randn(batch, self.latent_dim),)
-
         return {
             "encoder": Component(
                 _UnitRangeEncoder(self.encoder),
@@ -269,7 +266,7 @@ class AdvVAE(Detector):
             ),
             "decoder": Component(
                 _UnitRangeDecoder(self.decoder),
-                latent_input,
+                lambda n: self.example_latents(n, self.latent_dim),
                 ["z"],
                 ["image"],
                 "latent z [N,latent] -> image [N,C,H,W] in [0,1]",

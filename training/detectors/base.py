@@ -86,6 +86,11 @@ class Detector(nn.Module):
         generator = torch.Generator().manual_seed(0)
         return (torch.rand(batch_size, self.channels, *self.input_size, generator=generator),)
 
+    def example_latents(self, batch_size: int, latent_size: int) -> tuple[torch.Tensor]:
+        """A seeded batch of N(0, I) latent codes ``[N, latent_size]``: the example input of latent-fed graphs."""
+        generator = torch.Generator().manual_seed(1)
+        return (torch.randn(batch_size, latent_size, generator=generator),)
+
     @torch.no_grad()
     def visuals(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         """Images for the sample grids (e.g. ``{"reconstruction": x_hat}``), each ``[N, C, H, W]``."""

@@ -251,14 +251,14 @@ class BiGAN(Detector):
             ),
             "generator": Component(
                 self.generator,
-                lambda n: (torch.randn(n, latent),),
+                lambda n: self.example_latents(n, latent),
                 ["latent"],
                 ["image"],
                 f"latent [N,{latent}] (prior N(0, I)) -> image {shape} in [0,1]",
             ),
             "discriminator": Component(
                 self.discriminator,
-                lambda n: (torch.rand(n, channels, height, width), torch.randn(n, latent)),
+                lambda n: (*self.example_images(n), *self.example_latents(n, latent)),
                 ["image", "latent"],
                 ["logit", "features"],
                 f"image {shape}, latent [N,{latent}] -> logit of P(real pair) [N], joint features [N,512]",

@@ -206,9 +206,6 @@ class MemVAE(Detector):
         return score, anomaly_map
 
     def components(self) -> dict[str, Component]:
-        def latent_input(batch: int) -> tuple[torch.Tensor, ...]:
-            return (torch.randn(batch, self.latent_dim),)
-
         return {
             "encoder": Component(
                 self.encoder,
@@ -219,7 +216,7 @@ class MemVAE(Detector):
             ),
             "memory_decoder": Component(
                 self.memory_decoder,
-                latent_input,
+                lambda n: self.example_latents(n, self.latent_dim),
                 ["z"],
                 ["reconstruction", "memory_weights"],
                 "latent z [N,latent] -> memory read -> image [N,C,H,W] in [0,1], and the shrunk addressing "
