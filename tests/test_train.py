@@ -21,6 +21,7 @@ from inspector.cli import cli
 from inspector.config import load_config
 from inspector.errors import InspectorError
 from inspector.preprocess import prepare_batch, read_image
+from training.batchnorm import refresh_best_batchnorm
 from training.checkpoint import (
     FORMAT_VERSION,
     checkpoint_path,
@@ -409,3 +410,43 @@ def test_bad_input_when_resuming_loses_nothing_in_the_run(tmp_path, dataset):
         if path.suffix == ".json":  # the results of the finished run are untouched
             assert path.read_bytes() == data, path
     assert load_checkpoint(checkpoint_path(run_dir, "last"))["step"] == 2
+
+
+def test_training_ends_by_recomputing_best_batchnorm_statistics_and_nothing_else(
+    tmp_path, dataset, monkeypatch
+):
+    options = {**TINY_RDNA, "batchnorm_momentum": 0.1}
+    logged: list[str] = []
+    run_dir = train(
+        load_config(write_config(tmp_path / "refreshed", dataset, detector_options=options)),
+        progress=False,
+        evaluate=False,
+        log=logged.append,
+    )
+    monkeypatch.setattr(RDNA, "recompute_batchnorm", False)
+    as_saved_dir = train(
+        load_config(write_config(tmp_path / "as_saved", dataset, detector_options=options)),
+        progress=False,
+        evaluate=False,
+        log=lambda line: None,
+    )
+
+    refreshed = load_checkpoint(checkpoint_path(run_dir, "best"))
+    as_saved = load_checkpoint(checkpoint_path(as_saved_dir, "best"))
+    assert refreshed["batchnorm_refreshed_images"] == 8  # 10 training images in batches of 4
+    assert "batchnorm_refreshed_images" not in as_saved
+    assert any("batch-norm statistics" in line and "8 training images" in line for line in logged)
+    statistics = [name for name in as_saved["model"] if name.endswith(("running_mean", "running_var"))]
+    scoring_path = [name for name in statistics if name.startswith(("reconstructor.", "segmenter."))]
+    assert scoring_path and len(scoring_path) < len(statistics)  # the discriminators have batch norm too
+    for name, tensor in as_saved["model"].items():
+        if name in scoring_path:
+            assert not torch.allclose(refreshed["model"][name], tensor), name
+        elif not name.endswith("num_batches_tracked"):
+            # The weights, and the statistics of the discriminators (not on the scoring path), are untouched.
+            torch.testing.assert_close(refreshed["model"][name], tensor, msg=name)
+    # The refresh is reproducible: doing it again gives the same statistics.
+    refresh_best_batchnorm(run_dir)
+    again = load_checkpoint(checkpoint_path(run_dir, "best"))
+    for name in statistics:
+        torch.testing.assert_close(again["model"][name], refreshed["model"][name], msg=name)

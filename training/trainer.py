@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from inspector.config import TrainConfig
 from inspector.errors import ImageReadError, InspectorError
+from training.batchnorm import refresh_best_batchnorm
 from training.checkpoint import (
     atomic_write,
     atomic_write_text,
@@ -41,8 +42,7 @@ from training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from training.data import build_splits
-from training.data.dataset import ImageDataset
+from training.data import build_splits, training_datasets
 from training.detectors.base import Detector, build_detector
 from training.device import resolve_device
 
@@ -111,17 +111,7 @@ def train(
     _seed_everything(config.seed)
     detector = _build_detector(config).to(device)
 
-    # Datasets: every image goes through the shared preprocessing (ImageDataset); detectors that learn
-    # from synthetic anomalies get them pasted in, fresh each epoch, and a fixed set for validation.
-    train_set: Dataset = ImageDataset(splits.train, config.input_size, config.channels)
-    val_set: Dataset = ImageDataset(splits.val, config.input_size, config.channels)
-    if detector.uses_synthetic_anomalies:
-        from training.data.anomaly_source import anomaly_source_from_config
-        from training.data.synthesis import SyntheticAnomalyDataset
-
-        source = anomaly_source_from_config(config)
-        train_set = SyntheticAnomalyDataset(train_set, source, seed=config.seed)
-        val_set = SyntheticAnomalyDataset(val_set, source, seed=config.seed + 1)
+    train_set, val_set = training_datasets(config, splits, detector.uses_synthetic_anomalies)
 
     batch_size = min(config.batch_size, len(train_set))
     if batch_size < config.batch_size:
@@ -293,6 +283,9 @@ def train(
         log("warning: no validation images (the training split is too small): best.pt is the final model")
         final = checkpoint_path(run_dir, "last").read_bytes()
         atomic_write(checkpoint_path(run_dir, "best"), lambda handle: handle.write(final))
+    if detector.recompute_batchnorm:
+        images, layers = refresh_best_batchnorm(run_dir, device)
+        log(f"best.pt: batch-norm statistics of {layers} layers recomputed on {images} training images")
     minutes = (time.monotonic() - started) / 60.0
     reason = {
         "time limit": "stopped by the time limit",

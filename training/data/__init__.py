@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from torch.utils.data import Dataset
+
 from inspector.config import TrainConfig
 from training.data.samples import Sample, Splits, split_validation
 
-__all__ = ["Sample", "Splits", "build_splits", "split_validation"]
+__all__ = ["Sample", "Splits", "build_splits", "split_validation", "training_datasets"]
 
 
 def build_splits(config: TrainConfig) -> Splits:
@@ -30,3 +32,23 @@ def build_splits(config: TrainConfig) -> Splits:
     from training.data.oneclass import build_oneclass_splits
 
     return build_oneclass_splits(config)
+
+
+def training_datasets(
+    config: TrainConfig, splits: Splits, synthetic_anomalies: bool
+) -> tuple[Dataset, Dataset]:
+    """The training and validation sets of ``splits``: every image through the shared preprocessing
+    (:class:`ImageDataset`); with ``synthetic_anomalies``, anomalies pasted in, fresh each epoch for
+    training and a fixed set for validation."""
+    from training.data.dataset import ImageDataset
+
+    train_set: Dataset = ImageDataset(splits.train, config.input_size, config.channels)
+    val_set: Dataset = ImageDataset(splits.val, config.input_size, config.channels)
+    if synthetic_anomalies:
+        from training.data.anomaly_source import anomaly_source_from_config
+        from training.data.synthesis import SyntheticAnomalyDataset
+
+        source = anomaly_source_from_config(config)
+        train_set = SyntheticAnomalyDataset(train_set, source, seed=config.seed)
+        val_set = SyntheticAnomalyDataset(val_set, source, seed=config.seed + 1)
+    return train_set, val_set

@@ -47,6 +47,10 @@ class Detector(nn.Module):
     name: ClassVar[str] = ""
     #: The training batches carry DRAEM-style synthetic anomalies (``augmented``, ``mask``).
     uses_synthetic_anomalies: ClassVar[bool] = False
+    #: When training ends, ``best.pt``'s batch-norm statistics are recomputed by running :meth:`forward` on
+    #: training inputs (``augmented`` with synthetic anomalies, else ``image``): for detectors whose
+    #: forward takes the path their training takes, on the same inputs (see ``training/batchnorm.py``).
+    recompute_batchnorm: ClassVar[bool] = False
 
     def __init__(self, input_size: tuple[int, int], channels: int) -> None:
         super().__init__()

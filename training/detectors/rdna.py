@@ -200,13 +200,14 @@ class RDNA(Detector):
         adv_seg_weight: weight of the generator-side adversarial term on the anomaly map (0 = no D_seg).
         discriminator_lr_scale: discriminator learning rate as a multiple of the generators' one.
         score_window: side of the mean filter applied to the map before taking the image score.
-        batchnorm_momentum: how fast the batch-norm statistics used at inference follow training (torch's
-            default 0.1 suits the paper's lr 1e-4; at lr 1e-3 the weights move so fast that stale statistics
-            break the scores of a model stopped before its LR decay, so the CPU presets use 0.5).
+        batchnorm_momentum: how fast the running batch-norm statistics follow training (torch's default
+            0.1 suits the paper's lr 1e-4; the CPU presets use 0.5 at lr 1e-3). They matter less since
+            training ends by recomputing best.pt's statistics for its own weights (training/batchnorm.py).
     """
 
     name = "rdna"
     uses_synthetic_anomalies = True
+    recompute_batchnorm = True
 
     def __init__(
         self,
