@@ -66,14 +66,18 @@ def measure(model: Path, images: Path, repeats: int) -> dict[str, float]:
                     timed("decode (Pillow, for comparison)", pillow, data.tobytes())
                 batch = timed("preprocess", scorer.prepare, [image])
                 raw_scores, raw_maps = timed("model", scorer.infer, batch)
-                inspection = timed("normalise + regions", scorer.finish, image.shape, raw_scores[0], raw_maps[0])
+                inspection = timed(
+                    "normalise + regions", scorer.finish, image.shape, raw_scores[0], raw_maps[0]
+                )
                 overlay = timed("draw overlay", render_overlay, image, inspection)
                 timed("encode + write JPEG", write_image, Path(scratch) / f"{index}.jpg", overlay)
     return {stage: statistics.median(values) for stage, values in times.items()}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--model", type=Path, required=True, help="model.onnx from `inspector export --onnx`")
     parser.add_argument("--images", type=Path, required=True, help="folder of images, searched recursively")
     parser.add_argument("--repeats", type=int, default=3, help="passes over the images (default 3)")
@@ -82,7 +86,9 @@ def main() -> None:
     for stage, milliseconds in medians.items():
         print(f"{stage:34s} {milliseconds:7.2f} ms")
     pipeline = sum(ms for stage, ms in medians.items() if stage != "model" and "comparison" not in stage)
-    print(f"{'all but the model':34s} {pipeline:7.2f} ms ({pipeline / medians['model']:.0%} of the model's time)")
+    print(
+        f"{'all but the model':34s} {pipeline:7.2f} ms ({pipeline / medians['model']:.0%} of the model's time)"
+    )
 
 
 if __name__ == "__main__":
