@@ -283,7 +283,8 @@ def train(
         log("warning: no validation images (the training split is too small): best.pt is the final model")
         final = checkpoint_path(run_dir, "last").read_bytes()
         atomic_write(checkpoint_path(run_dir, "best"), lambda handle: handle.write(final))
-    if detector.recompute_batchnorm:
+    if detector.recompute_batchnorm and checkpoint_path(run_dir, "best").exists():
+        log("recomputing best.pt's batch-norm statistics for its weights on training images")
         images, layers = refresh_best_batchnorm(run_dir, device)
         log(f"best.pt: batch-norm statistics of {layers} layers recomputed on {images} training images")
     minutes = (time.monotonic() - started) / 60.0
