@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.optim.swa_utils import update_bn
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
 from training.checkpoint import (
     atomic_write,
@@ -59,17 +59,24 @@ def recompute_batchnorm(model: nn.Module, inputs: Iterable[torch.Tensor]) -> int
     return updated
 
 
-def refresh_best_batchnorm(run_dir: str | Path, device: torch.device | str = "cpu") -> tuple[int, int]:
+def refresh_best_batchnorm(
+    run_dir: str | Path, device: torch.device | str = "cpu", train_set: Dataset | None = None
+) -> tuple[int, int]:
     """Recompute the batch-norm statistics of a run's ``best.pt`` on its training images and rewrite it.
 
     The inputs are what the detector trained on: with synthetic anomalies pasted in for detectors that
-    use them (the first epoch's, so a refresh is reproducible). Returns (images used, layers updated).
+    use them (the first epoch's, so a refresh is reproducible). ``train_set`` is the run's training set
+    when the caller has it (the trainer); otherwise it is rebuilt from the run's config. Returns (images
+    used, layers updated).
     """
     path = checkpoint_path(run_dir, "best")
     state = load_checkpoint(path)
     detector = build_from_checkpoint(state, str(path)).to(device)
     config = run_config(run_dir, state)
-    train_set, _ = training_datasets(config, build_splits(config), detector.uses_synthetic_anomalies)
+    if train_set is None:
+        train_set, _ = training_datasets(config, build_splits(config), detector.uses_synthetic_anomalies)
+    if hasattr(train_set, "set_epoch"):
+        train_set.set_epoch(0)
     batch_size = min(config.batch_size, len(train_set))
     batches = max(1, min(REFRESH_IMAGES, len(train_set)) // batch_size)
     key = "augmented" if detector.uses_synthetic_anomalies else "image"

@@ -285,7 +285,7 @@ def train(
         atomic_write(checkpoint_path(run_dir, "best"), lambda handle: handle.write(final))
     if detector.recompute_batchnorm and checkpoint_path(run_dir, "best").exists():
         log("recomputing best.pt's batch-norm statistics for its weights on training images")
-        images, layers = refresh_best_batchnorm(run_dir, device)
+        images, layers = refresh_best_batchnorm(run_dir, device, train_set)
         log(f"best.pt: batch-norm statistics of {layers} layers recomputed on {images} training images")
     minutes = (time.monotonic() - started) / 60.0
     reason = {
