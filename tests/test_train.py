@@ -445,6 +445,11 @@ def test_training_ends_by_recomputing_best_batchnorm_statistics_and_nothing_else
         elif not name.endswith("num_batches_tracked"):
             # The weights, and the statistics of the discriminators (not on the scoring path), are untouched.
             torch.testing.assert_close(refreshed["model"][name], tensor, msg=name)
+    monkeypatch.undo()
+    notes = evaluate_run(as_saved_dir, plots=False, log=lambda line: None)["notes"]
+    assert any("batch-norm statistics" in note and "--resume" in note for note in notes)
+    notes = evaluate_run(run_dir, plots=False, log=lambda line: None)["notes"]
+    assert not any("batch-norm statistics" in note for note in notes)
     # The refresh is reproducible: doing it again gives the same statistics.
     refresh_best_batchnorm(run_dir)
     again = load_checkpoint(checkpoint_path(run_dir, "best"))

@@ -131,6 +131,12 @@ def evaluate_run(
     detector.to(torch_device).eval()
     splits = build_splits(config)
     notes: list[str] = []
+    if checkpoint == "best" and detector.recompute_batchnorm and "batchnorm_refreshed_images" not in state:
+        notes.append(
+            "best.pt keeps the batch-norm statistics of training, not ones recomputed for its weights "
+            f"(training was interrupted, or by an older version): `inspector train --resume {run_dir}` finishes "
+            "the run and recomputes them"
+        )
     batch_size = config.batch_size
 
     # Calibration: on the validation split (held out of the training normals, never the test set).
