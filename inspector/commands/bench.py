@@ -9,10 +9,10 @@ import click
 
 from inspector.commands.options import (
     batch_size_option,
+    bench_save_option,
     echo_warning,
     model_option,
     runtime_device_option,
-    save_option,
     strict_device_option,
     throughput_threads_option,
     workers_option,
@@ -44,7 +44,7 @@ from inspector.commands.options import (
 )
 @batch_size_option
 @workers_option
-@save_option
+@bench_save_option
 @click.option(
     "--json",
     "json_path",

@@ -97,10 +97,17 @@ workers_option = click.option(
     help="Batches processed side by side, each on its own thread from decoding to overlay; "
     "0 = one per physical core.",
 )
-save_option = click.option(
-    "--save",
-    type=click.Choice(("all", "anomalous", "none")),
-    default="all",
-    show_default=True,
-    help="Which heatmap overlays to write to OUT/overlays/ (bench: in its end-to-end runs).",
-)
+
+
+def _save_option(where: str) -> Callable[[Callable], Callable]:
+    return click.option(
+        "--save",
+        type=click.Choice(("all", "anomalous", "none")),
+        default="all",
+        show_default=True,
+        help=f"Which heatmap overlays to write {where}: every image's, the anomalous images' only, or none.",
+    )
+
+
+save_option = _save_option("to OUT/overlays/")
+bench_save_option = _save_option("in the end-to-end runs")
