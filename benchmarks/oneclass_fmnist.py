@@ -38,6 +38,7 @@ from inspector.config import TrainConfig, load_config
 from inspector.errors import InspectorError
 from inspector.metrics import average_precision, fpr_at_tpr, roc_auc
 from inspector.preprocess import prepare_batch
+from training.batchnorm import REFRESH_IMAGES, recompute_batchnorm
 from training.data import build_splits
 from training.data.dataset import load_rgb
 from training.detectors import build_detector, detector_names
@@ -157,9 +158,20 @@ def run_detector(
             break
         detector.step_schedulers()
     train_seconds, train_wall = clock() - start, time.perf_counter() - wall_start
-    scores = score_all(detector, test)
+    metrics = image_metrics(labels, score_all(detector, test))
+    if detector.recompute_batchnorm:  # as `inspector train` does when training ends
+        before = metrics["auroc"]
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))[:REFRESH_IMAGES]
+        size = config.batch_size
+        recompute_batchnorm(
+            detector, [train[order[i : i + size]] for i in range(0, len(order) - size + 1, size)]
+        )
+        metrics = {
+            **image_metrics(labels, score_all(detector, test)),
+            "auroc_before_batchnorm_refresh": before,
+        }
     return {
-        **image_metrics(labels, scores),
+        **metrics,
         "steps": step,
         "train_seconds": train_seconds,
         "stopped_by": stopped_by,

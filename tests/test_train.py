@@ -455,3 +455,16 @@ def test_training_ends_by_recomputing_best_batchnorm_statistics_and_nothing_else
     again = load_checkpoint(checkpoint_path(run_dir, "best"))
     for name in statistics:
         torch.testing.assert_close(again["model"][name], refreshed["model"][name], msg=name)
+
+
+@pytest.mark.parametrize("score, refreshed", [("reconstruction", True), ("discriminator", False)])
+def test_the_adversarial_vae_refreshes_batchnorm_only_when_scored_by_reconstruction(
+    tmp_path, dataset, score, refreshed
+):
+    options = {"base_width": 4, "max_width": 8, "latent_dim": 8, "score": score}
+    config = load_config(
+        write_config(tmp_path, dataset, detector="advvae", epochs=1, name="avae", detector_options=options)
+    )
+    run_dir = train(config, progress=False, evaluate=False, log=lambda line: None)
+    state = load_checkpoint(checkpoint_path(run_dir, "best"))
+    assert ("batchnorm_refreshed_images" in state) is refreshed

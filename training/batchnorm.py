@@ -30,7 +30,7 @@ from training.checkpoint import (
 from training.data import build_splits, training_datasets
 
 #: How many training images the statistics are averaged over (fewer when the training set is smaller).
-REFRESH_IMAGES = 200
+REFRESH_IMAGES = 1000
 
 
 def recompute_batchnorm(model: nn.Module, inputs: Iterable[torch.Tensor]) -> int:

@@ -138,6 +138,10 @@ class AdvVAE(Detector):
         self.gen_weight = float(gen_weight)
         self.ssim_weight = float(ssim_weight)
         self.score = score
+        # Scored by reconstruction, forward is the VAE path training takes; scored by the discriminator it
+        # also runs D, whose statistics mix real and generated batches and would change meaning if
+        # recomputed on real images alone.
+        self.recompute_batchnorm = score == "reconstruction"
         self.score_kl_weight = self.kld_weight if score_kl_weight is None else float(score_kl_weight)
         self.error = error
         self.discriminator_lr = discriminator_lr

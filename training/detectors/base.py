@@ -50,7 +50,8 @@ class Detector(nn.Module):
     #: When training ends, ``best.pt``'s batch-norm statistics are recomputed by running :meth:`forward` on
     #: training inputs (``augmented`` with synthetic anomalies, else ``image``): for detectors whose
     #: forward takes the path their training takes, on the same inputs (see ``training/batchnorm.py``).
-    recompute_batchnorm: ClassVar[bool] = False
+    #: A class default that an instance may change with its options.
+    recompute_batchnorm: bool = False
 
     def __init__(self, input_size: tuple[int, int], channels: int) -> None:
         super().__init__()
