@@ -5,7 +5,9 @@
 The stages are the ones a worker of `inspect` runs for every image (runtime/folder.py): read the file,
 decode it, preprocess, run the model (batch of one here), normalise and find regions, draw the overlay,
 encode and write it. Prints the median milliseconds per image of each over ``--repeats`` passes, and the
-share of the model's time that the rest adds. With Pillow installed, its PNG/JPEG decoding is timed too.
+share of the model's time that the rest adds. Lines in parentheses are timed for comparison and not added:
+the connected components on the whole-image mask with OpenCV's default algorithm and with the BBDT one that
+the runtime uses (part of "normalise + regions"), and with Pillow installed, its decoding.
 """
 
 from __future__ import annotations
@@ -43,6 +45,14 @@ def _pillow_decoder() -> Callable[[bytes], Any] | None:
     return decode
 
 
+def _default_components(mask: np.ndarray) -> Any:
+    return cv2.connectedComponentsWithStats(mask, connectivity=8)
+
+
+def _bbdt_components(mask: np.ndarray) -> Any:
+    return cv2.connectedComponentsWithStatsWithAlgorithm(mask, 8, cv2.CV_32S, cv2.CCL_BBDT)
+
+
 def measure(model: Path, images: Path, repeats: int) -> dict[str, float]:
     """Median milliseconds per image of each stage."""
     cv2.setNumThreads(1)
@@ -63,12 +73,16 @@ def measure(model: Path, images: Path, repeats: int) -> dict[str, float]:
                 data = timed("read file", np.fromfile, path, np.uint8)
                 image = timed("decode (OpenCV)", decode_image, data)
                 if pillow is not None:
-                    timed("decode (Pillow, for comparison)", pillow, data.tobytes())
+                    timed("(decode, Pillow)", pillow, data.tobytes())
                 batch = timed("preprocess", scorer.prepare, [image])
                 raw_scores, raw_maps = timed("model", scorer.infer, batch)
                 inspection = timed(
                     "normalise + regions", scorer.finish, image.shape, raw_scores[0], raw_maps[0]
                 )
+                if inspection.grid is not None:
+                    mask = inspection.grid.mask.view(np.uint8)
+                    timed("(components, OpenCV's default)", _default_components, mask)
+                    timed("(components, BBDT as used)", _bbdt_components, mask)
                 overlay = timed("draw overlay", render_overlay, image, inspection)
                 timed("encode + write JPEG", write_image, Path(scratch) / f"{index}.jpg", overlay)
     return {stage: statistics.median(values) for stage, values in times.items()}
@@ -85,7 +99,8 @@ def main() -> None:
     medians = measure(args.model, args.images, args.repeats)
     for stage, milliseconds in medians.items():
         print(f"{stage:34s} {milliseconds:7.2f} ms")
-    pipeline = sum(ms for stage, ms in medians.items() if stage != "model" and "comparison" not in stage)
+    # Stages in parentheses are parts of another stage or alternatives, timed for comparison only.
+    pipeline = sum(ms for stage, ms in medians.items() if stage != "model" and not stage.startswith("("))
     print(
         f"{'all but the model':34s} {pipeline:7.2f} ms ({pipeline / medians['model']:.0%} of the model's time)"
     )

@@ -77,7 +77,11 @@ class RegionGrid:
         mask = self.mask.view(np.uint8)  # bool and uint8 share a layout: no copy
         box_x, box_y, box_w, box_h = cv2.boundingRect(mask)
         window = (slice(box_y, box_y + box_h), slice(box_x, box_x + box_w))
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(mask[window], connectivity=8)
+        # BBDT gives the same components as the default (Spaghetti) and, with statistics, 1.5-3x faster
+        # (benchmarks/inspect_stages.py times both).
+        count, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
+            mask[window], 8, cv2.CV_32S, cv2.CCL_BBDT
+        )
         box_map = self.anomaly_map[window]
         height, width = self.image_size
         regions = []

@@ -18,22 +18,51 @@ def two_blob_map() -> np.ndarray:
     return anomaly_map
 
 
-def test_regions_match_a_whole_grid_labelling_with_boxes_areas_and_peaks_in_original_pixels():
-    anomaly_map = two_blob_map()
-    grid = RegionGrid.build(anomaly_map, (80, 120), pixel_threshold=0.5)
+def noisy_map(seed: int) -> np.ndarray:
+    """A blurred random map: dozens of blobs of every shape above 0.5, some touching only at corners."""
+    noise = np.random.default_rng(seed).random((48, 64)).astype(np.float32)
+    blurred = cv2.GaussianBlur(noise, (0, 0), 1.2)
+    return (blurred - blurred.min()) / (blurred.max() - blurred.min())
 
-    regions = grid.regions()
 
+def whole_grid_regions(grid: RegionGrid) -> list[tuple[int, int, int, int, int, float]]:
+    """Regions by OpenCV's default labelling of the whole grid, largest first."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(grid.mask.astype(np.uint8), connectivity=8)
     expected = []
     for index in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[index])
         expected.append((x, y, w, h, area, float(grid.anomaly_map[labels == index].max())))
     expected.sort(key=lambda row: row[4], reverse=True)
+    return expected
+
+
+def assert_same_regions(regions, expected) -> None:
+    assert len(regions) == len(expected)
+    # Equal areas may come in either order: compare as sorted sets of rows.
+    found = sorted((r.x, r.y, r.width, r.height, r.area, r.peak) for r in regions)
+    for row, (x, y, w, h, area, peak) in zip(found, sorted(expected)):
+        assert row[:5] == (x, y, w, h, area)
+        assert row[5] == np.float32(peak)
+    assert [r.area for r in regions] == sorted((r.area for r in regions), reverse=True)
+
+
+def test_regions_match_a_whole_grid_labelling_with_boxes_areas_and_peaks_in_original_pixels():
+    grid = RegionGrid.build(two_blob_map(), (80, 120), pixel_threshold=0.5)
+
+    regions = grid.regions()
+
     assert len(regions) == 2
-    for region, (x, y, w, h, area, peak) in zip(regions, expected):
-        assert (region.x, region.y, region.width, region.height, region.area) == (x, y, w, h, area)
-        assert region.peak == np.float32(peak)
+    assert_same_regions(regions, whole_grid_regions(grid))
+
+
+def test_regions_of_a_noisy_map_match_the_default_labelling_component_for_component():
+    for seed in range(3):
+        grid = RegionGrid.build(noisy_map(seed), (48, 64), pixel_threshold=0.5)
+
+        regions = grid.regions()
+
+        assert len(regions) >= 10
+        assert_same_regions(regions, whole_grid_regions(grid))
 
 
 def test_overlay_colours_hot_pixels_with_the_colormap_and_leaves_cold_ones_untouched():
