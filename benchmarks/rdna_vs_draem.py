@@ -1,15 +1,19 @@
-"""RDNA against DRAEM: the CPU presets trained on the built-in dataset with the same seed, then tested.
+"""RDNA against DRAEM: the CPU presets trained on the built-in dataset with the same seeds, then tested.
 
 Each detector trains through ``training.trainer.train`` (the function behind ``inspector train``) from
 ``configs/<detector>_cpu.yaml``, is calibrated on its validation split and measured on the test split
 (``training.evaluate.evaluate_run``, as ``inspector eval``). The table gives image AUROC, pixel AUROC,
 pixel AP, AUPRO, the steps trained, the training wall time and CPU time, seconds per step and the load
 average of the machine while it ran: on a shared machine wall time grows with the load, CPU time much less.
+With several seeds or categories every detector is trained on each (category, seed) and a summary follows:
+each detector's mean and standard deviation over the runs, and per metric the mean paired difference
+(first detector minus second on the same category and seed) with how many pairs the first won.
 
 Usage:
     python benchmarks/rdna_vs_draem.py                                 # the presets' own budget
     python benchmarks/rdna_vs_draem.py --max-steps 5 --time-limit 1    # a smoke run
-    python benchmarks/rdna_vs_draem.py --category wood --seed 1 --report runs/bench/wood.md
+    python benchmarks/rdna_vs_draem.py --categories fabric,metal,wood,granite --seeds 0,1 \
+        --report runs/bench/seeds.md                                   # 8 pairs, about 40 minutes
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ import csv
 import json
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -34,8 +39,11 @@ from training.evaluate import evaluate_run
 from training.trainer import train
 
 DETECTORS = ("rdna", "draem")
+METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
 COLUMNS = (
     ("detector", "detector"),
+    ("category", "category"),
+    ("seed", "seed"),
     ("image_auroc", "image AUROC"),
     ("pixel_auroc", "pixel AUROC"),
     ("pixel_ap", "pixel AP"),
@@ -50,14 +58,14 @@ COLUMNS = (
 )
 
 
-def benchmark_config(detector: str, args: argparse.Namespace) -> TrainConfig:
+def benchmark_config(detector: str, category: str, seed: int, args: argparse.Namespace) -> TrainConfig:
     """The detector's CPU preset with the benchmark's seed, data and budget."""
     overrides = {
-        "name": f"{detector}_cpu_seed{args.seed}",
+        "name": f"{detector}_cpu_{category}_seed{seed}",
         "out": args.out,
-        "seed": args.seed,
+        "seed": seed,
         "device": "cpu",
-        "data.category": args.category,
+        "data.category": category,
         "data.root": args.data,
         "data.workers": args.workers,
         "max_steps": args.max_steps,
@@ -78,11 +86,12 @@ def _cpu_seconds() -> float:
     return times.user + times.system + times.children_user + times.children_system
 
 
-def run_one(detector: str, args: argparse.Namespace) -> dict:
+def run_one(detector: str, category: str, seed: int, args: argparse.Namespace) -> dict:
     """Train and evaluate one detector; its metrics and timings as a row of the table."""
-    config = benchmark_config(detector, args)
+    config = benchmark_config(detector, category, seed, args)
     print(
-        f"== {detector}: {config.input_size[0]}x{config.input_size[1]}, batch {config.batch_size}, lr {config.lr}, "
+        f"== {detector}, {category}, seed {seed}: {config.input_size[0]}x{config.input_size[1]}, "
+        f"batch {config.batch_size}, lr {config.lr}, "
         f"max_steps {config.max_steps}, time limit {config.time_limit_minutes} min, options {config.detector_options}",
         flush=True,
     )
@@ -99,6 +108,8 @@ def run_one(detector: str, args: argparse.Namespace) -> dict:
     loop_seconds = float(rows[-1]["elapsed"]) if rows else train_seconds
     return {
         "detector": detector,
+        "category": category,
+        "seed": seed,
         "run_dir": str(run_dir),
         "image_auroc": metrics.get("image_auroc"),
         "pixel_auroc": metrics.get("pixel_auroc"),
@@ -122,12 +133,50 @@ def _cell(value) -> str:
     return "" if value is None else str(value)
 
 
-def markdown(rows: list[dict], args: argparse.Namespace) -> str:
-    """The results as a markdown table with what was run and on what."""
+def summary(rows: list[dict], detectors: list[str]) -> list[str]:
+    """Markdown lines: each detector's mean and standard deviation over its runs, then the paired
+    differences of the first two detectors on the same (category, seed)."""
+    lines = ["| detector | runs | " + " | ".join(METRICS) + " |", "|" + "---|" * (len(METRICS) + 2)]
+    for detector in detectors:
+        own = [row for row in rows if row["detector"] == detector]
+        cells = []
+        for metric in METRICS:
+            values = [row[metric] for row in own if row.get(metric) is not None]
+            spread = statistics.stdev(values) if len(values) > 1 else 0.0
+            cells.append(f"{statistics.mean(values):.3f} ± {spread:.3f}" if values else "")
+        lines.append(f"| {detector} | {len(own)} | " + " | ".join(cells) + " |")
+    if len(detectors) < 2:
+        return lines
+    first, second = detectors[:2]
+    by_run = {(row["detector"], row["category"], row["seed"]): row for row in rows}
+    pairs = [
+        (row, by_run[(second, row["category"], row["seed"])])
+        for row in rows
+        if row["detector"] == first and (second, row["category"], row["seed"]) in by_run
+    ]
+    if not pairs:
+        return lines
+    lines += ["", f"| {first} − {second}, paired ({len(pairs)} pairs) | " + " | ".join(METRICS) + " |"]
+    lines.append("|" + "---|" * (len(METRICS) + 1))
+    differences, wins = [], []
+    for metric in METRICS:
+        deltas = [
+            a[metric] - b[metric] for a, b in pairs if a.get(metric) is not None and b.get(metric) is not None
+        ]
+        spread = statistics.stdev(deltas) if len(deltas) > 1 else 0.0
+        differences.append(f"{statistics.mean(deltas):+.3f} ± {spread:.3f}" if deltas else "")
+        wins.append(f"{sum(delta > 0 for delta in deltas)} of {len(deltas)}")
+    lines.append("| mean difference ± std | " + " | ".join(differences) + " |")
+    lines.append(f"| pairs {first} won | " + " | ".join(wins) + " |")
+    return lines
+
+
+def markdown(rows: list[dict], args: argparse.Namespace, detectors: list[str]) -> str:
+    """The results as a markdown table with what was run and on what, and the summary over runs."""
     lines = [
         (
-            f"RDNA vs DRAEM, CPU presets (configs/<detector>_cpu.yaml), built-in dataset category "
-            f"`{args.category}`, seed {args.seed}, torch threads {args.threads}, data workers {args.workers}; "
+            f"RDNA vs DRAEM, CPU presets (configs/<detector>_cpu.yaml), built-in dataset categories "
+            f"`{args.categories}`, seeds {args.seeds}, torch threads {args.threads}, data workers {args.workers}; "
             f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPUs."
         ),
         "",
@@ -144,7 +193,13 @@ def markdown(rows: list[dict], args: argparse.Namespace) -> str:
             "of training (2 cores: above 2 means other work shared them)."
         ),
     ]
+    if len(rows) > len(detectors):
+        lines += ["", *summary(rows, detectors)]
     return "\n".join(lines) + "\n"
+
+
+def _names(text: str) -> list[str]:
+    return [name.strip() for name in text.split(",") if name.strip()]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,8 +207,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--detectors", default=",".join(DETECTORS), help="comma-separated (default rdna,draem)"
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--category", default="fabric", help="built-in dataset category")
+    parser.add_argument("--seeds", default="0", help="comma-separated training seeds (default 0)")
+    parser.add_argument(
+        "--categories", default="fabric", help="comma-separated built-in dataset categories (default fabric)"
+    )
     parser.add_argument("--data", default=None, help="built-in dataset folder (default data/synthetic)")
     parser.add_argument("--max-steps", type=int, default=None, help="override the presets' max_steps")
     parser.add_argument(
@@ -165,7 +222,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--out", default="runs/bench", help="folder of the benchmark's runs")
     parser.add_argument(
-        "--report", default=None, help="markdown file to write (default OUT/rdna_vs_draem.md)"
+        "--report",
+        default=None,
+        help="markdown file to write, rewritten after every run (default OUT/rdna_vs_draem.md)",
     )
     parser.add_argument(
         "--set",
@@ -178,14 +237,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--progress", action="store_true", help="show the training progress bars")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-
-    rows = [run_one(detector.strip(), args) for detector in args.detectors.split(",") if detector.strip()]
-    table = markdown(rows, args)
-    print(table)
+    detectors, categories = _names(args.detectors), _names(args.categories)
+    try:
+        seeds = [int(seed) for seed in _names(args.seeds)]
+    except ValueError:
+        raise SystemExit(
+            f"--seeds {args.seeds}: write whole numbers separated by commas, e.g. 0,1,2"
+        ) from None
     report = Path(args.report) if args.report else Path(args.out) / "rdna_vs_draem.md"
     report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(table, encoding="utf-8")
-    report.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+
+    rows: list[dict] = []
+    for category in categories:
+        for seed in seeds:
+            for detector in detectors:
+                rows.append(run_one(detector, category, seed, args))
+                # Rewritten after every run: a long benchmark that stops keeps what it measured.
+                report.write_text(markdown(rows, args, detectors), encoding="utf-8")
+                report.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
+    print(markdown(rows, args, detectors))
     print(f"wrote {report} and {report.with_suffix('.json')}")
     return 0
 
