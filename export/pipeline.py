@@ -75,9 +75,9 @@ def export_run(
         ParityError: an exported graph fails ``onnx.checker`` or differs from torch beyond the tolerance.
 
     Example:
-        >>> result = export_run("runs/quickstart", opset=17)
+        >>> result = export_run("runs/demo-rdna", opset=17)
         >>> result.model_path
-        PosixPath('runs/quickstart/export/model.onnx')
+        PosixPath('runs/demo-rdna/export/model.onnx')
     """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():

@@ -72,7 +72,7 @@ def export_command(
 
     Exit code 1 when onnxruntime and torch disagree beyond --tolerance (nothing is written); 2 on bad input.
 
-    Example: inspector export runs/quickstart --onnx
+    Example: inspector export runs/demo-rdna --onnx
     """
     if not to_onnx:
         raise InspectorError("choose an export format: --onnx")

@@ -171,7 +171,7 @@ def info_command(model_path: str, as_json: bool) -> None:
 
     Exits 2 when the file is not an inspector model (no or unreadable `inspector` metadata).
 
-    Example: inspector info runs/quickstart/export/model.onnx
+    Example: inspector info runs/demo-rdna/export/model.onnx
     """
     info = read_model_info(model_path)
     if as_json:
