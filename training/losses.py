@@ -1,4 +1,4 @@
-"""Training losses shared by the reconstruction-based detectors: SSIM and focal loss."""
+"""Training losses shared by the detectors: SSIM, focal loss and the adversarial (GAN) terms."""
 
 from __future__ import annotations
 
@@ -70,3 +70,13 @@ def focal_loss(
     target = (mask > 0.5).long()
     true_class = probabilities.gather(1, target).clamp(min=eps, max=1.0)
     return (-((1.0 - true_class) ** gamma) * torch.log(true_class)).mean()
+
+
+def judged_real_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of discriminator logits against the label "real" (mean over the batch)."""
+    return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+
+
+def judged_fake_loss(logits: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of discriminator logits against the label "generated" (mean over the batch)."""
+    return F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))

@@ -32,7 +32,7 @@ from training.detectors.vae_parts import (
     halving_sizes,
     reparameterize,
 )
-from training.losses import ssim_loss
+from training.losses import judged_fake_loss, judged_real_loss, ssim_loss
 
 SCORES = ("reconstruction", "discriminator")
 
@@ -94,14 +94,6 @@ class _UnitRangeDiscriminator(nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.discriminator(image * 2 - 1))
-
-
-def _real(logits: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
-
-
-def _fake(logits: torch.Tensor) -> torch.Tensor:
-    return F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits))
 
 
 @register
@@ -181,8 +173,8 @@ class AdvVAE(Detector):
         terms = {
             "mse": F.mse_loss(reconstruction, target),
             "kl": gaussian_kl(mu, logvar).mean(),
-            "adv_reconstruction": _real(self.discriminator(reconstruction)),
-            "adv_sample": _real(self.discriminator(samples)),
+            "adv_reconstruction": judged_real_loss(self.discriminator(reconstruction)),
+            "adv_sample": judged_real_loss(self.discriminator(samples)),
             "reconstruction_image": reconstruction,
             "sample_image": samples,
         }
@@ -224,7 +216,8 @@ class AdvVAE(Detector):
         self.optimizers["vae"].step()
 
         fakes = torch.cat([terms["reconstruction_image"].detach(), terms["sample_image"].detach()])
-        discriminator_loss = _real(self.discriminator(image * 2 - 1)) + _fake(self.discriminator(fakes))
+        real_logits, fake_logits = self.discriminator(image * 2 - 1), self.discriminator(fakes)
+        discriminator_loss = judged_real_loss(real_logits) + judged_fake_loss(fake_logits)
         self.optimizers["discriminator"].zero_grad(set_to_none=True)
         discriminator_loss.backward()
         self.optimizers["discriminator"].step()

@@ -25,6 +25,7 @@ from torch import nn
 from inspector.errors import InspectorError
 from training.detectors.base import Batch, Component, Detector, register
 from training.detectors.vae_parts import block_widths, halving_sizes
+from training.losses import judged_fake_loss, judged_real_loss
 
 SCORES = ("discriminator", "input_discriminator", "reconstruction")
 
@@ -146,9 +147,8 @@ class ALOCC(Detector):
     def configure_optimizers(self, lr: float, total_steps: int) -> None:
         optimizers = {}
         for part, module in (("reconstructor", self.reconstructor), ("discriminator", self.discriminator)):
-            if (
-                self.wasserstein
-            ):  # WGAN-GP's own recipe (Gulrajani et al.): Adam without first-moment momentum
+            # WGAN-GP's own recipe (Gulrajani et al.): Adam without first-moment momentum.
+            if self.wasserstein:
                 optimizers[part] = torch.optim.Adam(module.parameters(), lr=lr, betas=(0.0, 0.9))
             else:
                 optimizers[part] = torch.optim.RMSprop(
@@ -180,9 +180,7 @@ class ALOCC(Detector):
                 + self.gp_weight * self._gradient_penalty(image, refined)
             )
         else:
-            d_loss = F.binary_cross_entropy_with_logits(
-                real_logit, torch.ones_like(real_logit)
-            ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+            d_loss = judged_real_loss(real_logit) + judged_fake_loss(fake_logit)
         self.optimizers["discriminator"].zero_grad(set_to_none=True)
         d_loss.backward()
         self.optimizers["discriminator"].step()
@@ -194,7 +192,7 @@ class ALOCC(Detector):
         if self.wasserstein:
             adversarial = -fake_logit.mean()
         else:
-            adversarial = F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
+            adversarial = judged_real_loss(fake_logit)
         r_loss = adversarial + self.rec_weight * rec_error
         self.optimizers["reconstructor"].zero_grad(set_to_none=True)
         r_loss.backward()

@@ -20,6 +20,7 @@ from torch import nn
 from inspector.errors import InspectorError
 from training.detectors.base import Batch, Component, Detector, register
 from training.detectors.vae_parts import ConvDecoder, ConvEncoder, block_widths, halving_sizes
+from training.losses import judged_fake_loss, judged_real_loss
 
 SCORE_TERMS = ("cross_entropy", "feature_matching")
 
@@ -191,9 +192,7 @@ class BiGAN(Detector):
         real_target = torch.ones_like(real_logit)
         if self.label_smoothing:
             real_target = real_target - 0.1 * torch.rand_like(real_logit)
-        d_loss = F.binary_cross_entropy_with_logits(
-            real_logit, real_target
-        ) + F.binary_cross_entropy_with_logits(fake_logit, torch.zeros_like(fake_logit))
+        d_loss = F.binary_cross_entropy_with_logits(real_logit, real_target) + judged_fake_loss(fake_logit)
         self.optimizers["discriminator"].zero_grad(set_to_none=True)
         d_loss.backward()
         self.optimizers["discriminator"].step()
@@ -203,9 +202,7 @@ class BiGAN(Detector):
         real_logit, _ = disc(self._noisy(image), code)
         fake_logit, _ = disc(self._noisy(generated), prior)
         # Swapped labels: E wants its pairs judged generated, G wants its pairs judged real.
-        eg_loss = F.binary_cross_entropy_with_logits(
-            real_logit, torch.zeros_like(real_logit)
-        ) + F.binary_cross_entropy_with_logits(fake_logit, torch.ones_like(fake_logit))
+        eg_loss = judged_fake_loss(real_logit) + judged_real_loss(fake_logit)
         losses = {"d_loss": float(d_loss.detach()), "eg_loss": float(eg_loss.detach())}
         if self.cycle_weight > 0:
             cycle = (self.generator(code) - image).abs().mean()

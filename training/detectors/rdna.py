@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.detectors.base import Batch, Component, Detector, register
-from training.losses import focal_loss, ssim_loss
+from training.losses import focal_loss, judged_fake_loss, judged_real_loss, ssim_loss
 
 #: The smallest side a feature map may shrink to before the nets stop pooling.
 MIN_FEATURE_SIDE = 4
@@ -308,13 +308,11 @@ class RDNA(Detector):
         anomaly_map = probabilities[:, 1:2]
         if adversarial and self.reconstruction_discriminator is not None:
             logits = self.reconstruction_discriminator(reconstruction)
-            parts["adversarial_reconstruction"] = F.binary_cross_entropy_with_logits(
-                logits, torch.ones_like(logits)
-            )
+            parts["adversarial_reconstruction"] = judged_real_loss(logits)
             total = total + self.adv_rec_weight * parts["adversarial_reconstruction"]
         if adversarial and self.mask_discriminator is not None:
             logits = self.mask_discriminator(anomaly_map)
-            parts["adversarial_mask"] = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits))
+            parts["adversarial_mask"] = judged_real_loss(logits)
             total = total + self.adv_seg_weight * parts["adversarial_mask"]
         return total, parts, {"reconstruction": reconstruction, "anomaly_map": anomaly_map}
 
@@ -341,11 +339,7 @@ class RDNA(Detector):
         for name, discriminator in discriminators.items():
             discriminator.requires_grad_(True)
             real, fake = pairs[name]
-            real_logits = discriminator(real)
-            fake_logits = discriminator(fake.detach())
-            loss = F.binary_cross_entropy_with_logits(
-                real_logits, torch.ones_like(real_logits)
-            ) + F.binary_cross_entropy_with_logits(fake_logits, torch.zeros_like(fake_logits))
+            loss = judged_real_loss(discriminator(real)) + judged_fake_loss(discriminator(fake.detach()))
             optimizer = self.optimizers[name]
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
