@@ -353,9 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs == 1:
         outcomes = (run_task(name, c, args) for name, c in tasks)
     else:
-        context = multiprocessing.get_context(
-            "spawn"
-        )  # a fresh interpreter per worker: no forked torch state
+        # A fresh interpreter per worker: no forked torch state.
+        context = multiprocessing.get_context("spawn")
         pool = context.Pool(args.jobs, initializer=torch.set_num_threads, initargs=(args.threads,))
         outcomes = pool.imap_unordered(run_packed_task, [(name, c, args) for name, c in tasks])
     signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops the workers too, like Ctrl-C

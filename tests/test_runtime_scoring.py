@@ -19,20 +19,19 @@ def two_blob_map() -> np.ndarray:
 
 
 def noisy_map(seed: int) -> np.ndarray:
-    """A blurred random map: dozens of blobs of every shape above 0.5, some touching only at corners."""
+    """A blurred random map: dozens of irregular blobs above 0.5."""
     noise = np.random.default_rng(seed).random((48, 64)).astype(np.float32)
     blurred = cv2.GaussianBlur(noise, (0, 0), 1.2)
     return (blurred - blurred.min()) / (blurred.max() - blurred.min())
 
 
 def whole_grid_regions(grid: RegionGrid) -> list[tuple[int, int, int, int, int, float]]:
-    """Regions by OpenCV's default labelling of the whole grid, largest first."""
+    """Regions (x, y, w, h, area, peak) by OpenCV's default labelling of the whole grid."""
     count, labels, stats, _ = cv2.connectedComponentsWithStats(grid.mask.astype(np.uint8), connectivity=8)
     expected = []
     for index in range(1, count):
         x, y, w, h, area = (int(v) for v in stats[index])
         expected.append((x, y, w, h, area, float(grid.anomaly_map[labels == index].max())))
-    expected.sort(key=lambda row: row[4], reverse=True)
     return expected
 
 
