@@ -20,13 +20,12 @@ from pathlib import Path
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from inspector.config import load_config
-from training.batchnorm import refresh_best_batchnorm
-from training.detectors.rdna import RDNA
-from training.evaluate import evaluate_run
-from training.trainer import train
+from inspector.training.batchnorm import refresh_best_batchnorm
+from inspector.training.detectors.rdna import RDNA
+from inspector.training.evaluate import evaluate_run
+from inspector.training.trainer import train
 
 METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
 

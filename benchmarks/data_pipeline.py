@@ -29,17 +29,16 @@ import torch
 from torch.utils.data import DataLoader
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from inspector.config import load_config
-from training.data.anomaly_source import (
+from inspector.training.data.anomaly_source import (
     GENERATED_TEXTURE_COUNT,
     AnomalySource,
     generated_textures,
 )
-from training.data.dataset import ImageDataset
-from training.data.synthesis import SyntheticAnomalyDataset
-from training.data.synthetic import build_synthetic_splits
+from inspector.training.data.dataset import ImageDataset
+from inspector.training.data.synthesis import SyntheticAnomalyDataset
+from inspector.training.data.synthetic import build_synthetic_splits
 
 _TEXTURES: dict[str, AnomalySource] = {}
 

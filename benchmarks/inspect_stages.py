@@ -24,10 +24,10 @@ import cv2
 import numpy as np
 
 from inspector.preprocess import decode_image
-from runtime.folder import list_images
-from runtime.overlay import render_overlay, write_image
-from runtime.scoring import Scorer
-from runtime.session import load_model
+from inspector.runtime.folder import list_images
+from inspector.runtime.overlay import render_overlay, write_image
+from inspector.runtime.scoring import Scorer
+from inspector.runtime.session import load_model
 
 
 def _pillow_decoder() -> Callable[[bytes], Any] | None:

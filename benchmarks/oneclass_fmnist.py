@@ -32,16 +32,15 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from inspector.config import TrainConfig, load_config
 from inspector.errors import InspectorError
 from inspector.metrics import average_precision, fpr_at_tpr, roc_auc
 from inspector.preprocess import prepare_batch
-from training.batchnorm import REFRESH_IMAGES, recompute_batchnorm
-from training.data import build_splits
-from training.data.dataset import load_rgb
-from training.detectors import build_detector, detector_names
+from inspector.training.batchnorm import REFRESH_IMAGES, recompute_batchnorm
+from inspector.training.data import build_splits
+from inspector.training.data.dataset import load_rgb
+from inspector.training.detectors import build_detector, detector_names
 
 FAMILY = ("alocc", "bigan", "memvae", "advvae")
 BASELINE = "ocsvm"

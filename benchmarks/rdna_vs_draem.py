@@ -32,11 +32,10 @@ import torch
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
 
 from inspector.config import TrainConfig, load_config
-from training.evaluate import evaluate_run
-from training.trainer import train
+from inspector.training.evaluate import evaluate_run
+from inspector.training.trainer import train
 
 DETECTORS = ("rdna", "draem")
 METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")

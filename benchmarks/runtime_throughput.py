@@ -25,15 +25,14 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from inspector.artifact import INPUT_NAME, MAP_OUTPUT, METADATA_KEY, SCORE_OUTPUT, ModelMetadata
 from inspector.calibration import Calibration
 from inspector.preprocess import prepare_batch, read_image
-from runtime.bench import benchmark, write_sample_images
-from runtime.folder import DEFAULT_BATCH_SIZE, list_images
-from runtime.scoring import Scorer
-from runtime.session import load_model, threads_per_worker
+from inspector.runtime.bench import benchmark, write_sample_images
+from inspector.runtime.folder import DEFAULT_BATCH_SIZE, list_images
+from inspector.runtime.scoring import Scorer
+from inspector.runtime.session import load_model, threads_per_worker
 
 
 def conv_model_bytes(size: int = 256, width: int = 40, seed: int = 0) -> bytes:
@@ -109,8 +108,8 @@ def detector_model_bytes(name: str, size: int, options: dict) -> bytes:
     """A registry detector with untrained weights, exported by the project's own export path."""
     import torch
 
-    from export.onnx_export import export_scoring_graph
-    from training.detectors import build_detector
+    from inspector.export.onnx_export import export_scoring_graph
+    from inspector.training.detectors import build_detector
 
     torch.manual_seed(0)
     return export_scoring_graph(build_detector(name, (size, size), 3, options)).onnx_bytes

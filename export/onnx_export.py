@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from inspector.artifact import INPUT_NAME, MAP_OUTPUT, SCORE_OUTPUT
-from training.detectors.base import Component, Detector
+from inspector.training.detectors.base import Component, Detector
 
 #: Default ONNX opset: supported by every onnxruntime >= 1.14 and by the legacy exporter for all ops we use.
 DEFAULT_OPSET = 17

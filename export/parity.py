@@ -24,13 +24,13 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from export.onnx_export import ScoringGraph
+from inspector.export.onnx_export import ScoringGraph
 from inspector.artifact import INPUT_NAME, MAP_OUTPUT, SCORE_OUTPUT
 from inspector.errors import InspectorError
 from inspector.preprocess import IMAGE_EXTENSIONS, prepare_batch, read_image
-from training.data.dataset import load_rgb
-from training.data.samples import Splits
-from training.detectors.base import Component, Detector
+from inspector.training.data.dataset import load_rgb
+from inspector.training.data.samples import Splits
+from inspector.training.detectors.base import Component, Detector
 
 DEFAULT_TOLERANCE = 1e-4
 DEFAULT_BATCH_SIZES = (1, 4)

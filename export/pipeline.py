@@ -18,8 +18,8 @@ import numpy as np
 import onnx
 import torch
 
-from export.onnx_export import DEFAULT_OPSET, ExportedGraph, export_component, export_scoring_graph
-from export.parity import (
+from inspector.export.onnx_export import DEFAULT_OPSET, ExportedGraph, export_component, export_scoring_graph
+from inspector.export.parity import (
     DEFAULT_BATCH_SIZES,
     DEFAULT_TOLERANCE,
     ParityError,
@@ -30,12 +30,12 @@ from export.parity import (
     scoring_parity,
     split_images,
 )
-from export.writer import COMPONENT_METADATA_KEY, with_metadata, write_atomic
+from inspector.export.writer import COMPONENT_METADATA_KEY, with_metadata, write_atomic
 from inspector.artifact import METADATA_KEY, ModelMetadata
 from inspector.calibration import Calibration
 from inspector.config import TrainConfig
 from inspector.errors import InspectorError
-from training.detectors.base import Detector
+from inspector.training.detectors.base import Detector
 
 MODEL_FILE = "model.onnx"
 COMPONENTS_DIR = "components"
@@ -93,7 +93,7 @@ def export_run(
     if model_path.exists() and not force:
         raise InspectorError(f"{model_path} already exists; pass --force to replace it, or --out DIR")
 
-    from training.checkpoint import load_detector
+    from inspector.training.checkpoint import load_detector
 
     detector, config, state = load_detector(run_dir, which=checkpoint)
     detector = detector.cpu().eval()
@@ -209,7 +209,7 @@ def _parity_inputs(config: TrainConfig, parity_images: str | Path | None) -> tup
     if parity_images is not None:
         images, source = folder_images(parity_images, config.input_size, config.channels)
         return images, source, trained_on
-    from training.data import build_splits
+    from inspector.training.data import build_splits
 
     try:
         splits = build_splits(config)

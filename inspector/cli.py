@@ -10,16 +10,30 @@ from inspector import __version__
 from inspector.errors import InspectorError
 
 EXIT_OK, EXIT_ANOMALY, EXIT_USAGE = 0, 1, 2
+#: What the ``train`` extra adds; a command that needs one of them on a base install says to install it.
+TRAINING_EXTRA_MODULES = ("torch", "torchvision", "onnx", "albumentations", "matplotlib")
+DISTRIBUTION = "inspector-vision"
 
 
 class InspectorGroup(click.Group):
-    """Turns :class:`InspectorError` into one line on stderr and exit code 2, with no traceback."""
+    """Turns :class:`InspectorError` (and a missing training extra) into one line on stderr and exit
+    code 2, with no traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except InspectorError as error:
             click.echo(f"error: {error}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except ModuleNotFoundError as error:
+            if (error.name or "").split(".")[0] not in TRAINING_EXTRA_MODULES:
+                raise
+            command = ctx.invoked_subcommand or "this command"
+            click.echo(
+                f"error: `inspector {command}` needs the training extra ({error.name} is not installed): "
+                f"pip install '{DISTRIBUTION}[train]'",
+                err=True,
+            )
             ctx.exit(EXIT_USAGE)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -120,18 +121,44 @@ def _nested(kind: type, value: Any, source: str) -> Any:
     return kind(**value)
 
 
+def preset_names() -> list[str]:
+    """The presets installed with inspector (``rdna_cpu``, ``draem_paper``, ...), sorted."""
+    folder = resources.files("inspector.configs")
+    return sorted(entry.name[: -len(".yaml")] for entry in folder.iterdir() if entry.name.endswith(".yaml"))
+
+
+def preset_path(name: str) -> Path:
+    """The YAML file of the installed preset ``name`` (``rdna_cpu`` or ``rdna_cpu.yaml``)."""
+    stem = name[: -len(".yaml")] if name.endswith(".yaml") else name
+    if stem not in preset_names():
+        raise InspectorError(f"no preset named '{name}'; presets: {', '.join(preset_names())}")
+    return Path(str(resources.files("inspector.configs") / f"{stem}.yaml"))
+
+
+def resolve_config_path(name_or_path: str | Path) -> Path:
+    """A config file's path: an existing file as given, else the installed preset of that name."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    if path.exists():
+        raise InspectorError(f"config {path} is not a file")
+    if path.parent == Path(".") and (path.suffix in ("", ".yaml")):
+        return preset_path(path.name)
+    raise InspectorError(f"config file {path} not found; presets: {', '.join(preset_names())}")
+
+
 def load_config(path: str | Path | None, overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """Read a YAML config (or the defaults when ``path`` is None) and apply dotted ``overrides``.
+    """Read a YAML config or preset (or the defaults when ``path`` is None) and apply dotted ``overrides``.
+
+    ``path`` is a YAML file or the name of an installed preset (``rdna_cpu``, see :func:`preset_names`).
 
     Example:
-        >>> config = load_config(None, {"detector": "draem", "data.category": "tiles"})
+        >>> config = load_config("rdna_cpu", {"data.category": "wood"})
     """
     values: dict[str, Any] = {}
     source = "defaults"
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise InspectorError(f"config file {path} not found")
+        path = resolve_config_path(path)
         try:
             values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
         except yaml.YAMLError as error:

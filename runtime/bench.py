@@ -19,9 +19,9 @@ import cv2
 import numpy as np
 
 from inspector.preprocess import read_image
-from runtime.folder import DEFAULT_BATCH_SIZE, inspect_folder, list_images
-from runtime.scoring import Scorer
-from runtime.session import physical_cores
+from inspector.runtime.folder import DEFAULT_BATCH_SIZE, inspect_folder, list_images
+from inspector.runtime.scoring import Scorer
+from inspector.runtime.session import physical_cores
 
 
 def write_sample_images(folder: str | Path, count: int, size: tuple[int, int], seed: int = 0) -> list[Path]:

@@ -22,10 +22,10 @@ import numpy as np
 
 from inspector.errors import ImageReadError, InspectorError
 from inspector.preprocess import IMAGE_EXTENSIONS, is_image_name, read_image
-from runtime.overlay import render_mask, render_overlay, write_image
-from runtime.report import Report
-from runtime.scoring import Scorer
-from runtime.session import physical_cores
+from inspector.runtime.overlay import render_mask, render_overlay, write_image
+from inspector.runtime.report import Report
+from inspector.runtime.scoring import Scorer
+from inspector.runtime.session import physical_cores
 
 SAVE_CHOICES = ("all", "anomalous", "none")
 SUMMARY_NAME = "summary.json"

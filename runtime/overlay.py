@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 
 from inspector.errors import InspectorError
-from runtime.scoring import Inspection
+from inspector.runtime.scoring import Inspection
 
 COLORMAP = cv2.COLORMAP_INFERNO  # perceptually uniform and readable in grayscale, unlike JET
 MAX_ALPHA = 0.6

@@ -16,7 +16,7 @@ import numpy as np
 
 from inspector.errors import InspectorError
 from inspector.preprocess import prepare_batch, resize_map
-from runtime.session import ModelSession
+from inspector.runtime.session import ModelSession
 
 CALIBRATED = 0.5
 # Regions of larger images are found on a grid of at most this many pixels (scaled back to original

@@ -23,9 +23,9 @@ import cv2
 import numpy as np
 
 from inspector.errors import InspectorError
-from runtime.overlay import draw_badge, render_overlay, write_image
-from runtime.scoring import Inspection, Scorer
-from runtime.sources import FrameReader, Source
+from inspector.runtime.overlay import draw_badge, render_overlay, write_image
+from inspector.runtime.scoring import Inspection, Scorer
+from inspector.runtime.sources import FrameReader, Source
 
 EVENTS_NAME = "events.jsonl"
 SUMMARY_NAME = "summary.json"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from training.batchnorm import recompute_batchnorm
+from inspector.training.batchnorm import recompute_batchnorm
 
 
 class _Net(nn.Module):

@@ -10,8 +10,8 @@ import pytest
 
 from inspector.config import load_config
 from inspector.errors import InspectorError
-from training.data import build_splits
-from training.data.dataset import ImageDataset
+from inspector.training.data import build_splits
+from inspector.training.data.dataset import ImageDataset
 
 SIZE = 32
 

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from inspector.artifact import METADATA_KEY
 from inspector.cli import cli
-from training.detectors import build_detector
+from inspector.training.detectors import build_detector
 
 SIZE = 16
 
@@ -145,7 +145,7 @@ def run_onnx(onnx_bytes: bytes, feeds: dict[str, np.ndarray]) -> list[np.ndarray
 def test_scoring_graph_and_components_export_to_onnx_with_a_dynamic_batch_matching_torch(
     name, channels, options
 ):
-    from export.onnx_export import export_components, export_scoring_graph
+    from inspector.export.onnx_export import export_components, export_scoring_graph
 
     detector, _, generator = trained(name, channels, steps=2, options=options)
     graph = export_scoring_graph(detector)

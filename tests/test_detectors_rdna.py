@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from inspector.errors import InspectorError
-from training.detectors import build_detector, detector_names, get_detector_class
-from training.detectors.draem import DRAEM
-from training.detectors.rdna import RDNA
+from inspector.training.detectors import build_detector, detector_names, get_detector_class
+from inspector.training.detectors.draem import DRAEM
+from inspector.training.detectors.rdna import RDNA
 
 TINY = {"reconstruction_width": 4, "segmentation_width": 4}
 TINY_RDNA = {**TINY, "discriminator_width": 4}

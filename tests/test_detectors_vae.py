@@ -12,9 +12,9 @@ import torch
 from click.testing import CliRunner
 
 from inspector.cli import cli
-from training.detectors import build_detector
-from training.detectors.advvae import AdvVAE
-from training.detectors.memvae import MemVAE
+from inspector.training.detectors import build_detector
+from inspector.training.detectors.advvae import AdvVAE
+from inspector.training.detectors.memvae import MemVAE
 
 torch.set_num_threads(1)
 
@@ -247,8 +247,8 @@ def write_tiny_fashion_mnist(folder: Path) -> None:
 @pytest.mark.parametrize("name", ["memvae", "advvae"])
 def test_one_class_run_trains_calibrates_and_exports_a_model_that_matches_torch(name, tmp_path):
     from inspector.config import load_config
-    from training.checkpoint import load_detector
-    from training.trainer import train
+    from inspector.training.checkpoint import load_detector
+    from inspector.training.trainer import train
 
     write_tiny_fashion_mnist(tmp_path / "fmnist")
     config = load_config(

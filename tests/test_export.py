@@ -16,13 +16,13 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from export.parity import ParityError
-from export.pipeline import export_detector
-from export.writer import write_atomic
+from inspector.export.parity import ParityError
+from inspector.export.pipeline import export_detector
+from inspector.export.writer import write_atomic
 from inspector.artifact import INPUT_NAME, MAP_OUTPUT, METADATA_KEY, SCORE_OUTPUT, ModelMetadata
 from inspector.cli import cli
 from inspector.preprocess import prepare_batch
-from training.detectors import build_detector, detector_names, get_detector_class
+from inspector.training.detectors import build_detector, detector_names, get_detector_class
 
 torch.set_num_threads(1)
 
@@ -70,7 +70,7 @@ def test_every_registered_detector_exports_through_the_one_path(name):
 
 
 def test_a_wrong_export_fails_parity_saying_by_how_much(monkeypatch):
-    from export import parity
+    from inspector.export import parity
 
     detector = build_detector("draem", (32, 32), 3, tiny_options("draem"))
     real_session = parity.onnx_session
@@ -113,9 +113,9 @@ def train_tiny_run(root: Path, detector: str) -> Path:
     Plots are left out: they are not under test here and cost seconds on a 2-core machine.
     """
     from inspector.config import load_config
-    from training.data.synthetic import generate_dataset
-    from training.evaluate import evaluate_run
-    from training.trainer import train
+    from inspector.training.data.synthetic import generate_dataset
+    from inspector.training.evaluate import evaluate_run
+    from inspector.training.trainer import train
 
     data_root = root / "data"
     generate_dataset(
@@ -179,7 +179,7 @@ def test_export_prints_parity_and_writes_the_model_and_its_components(exported):
     assert f"wrote {model_path}" in result.output
     assert model_path.is_file()
     components = sorted(path.stem for path in (model_path.parent / "components").glob("*.onnx"))
-    from training.checkpoint import load_detector
+    from inspector.training.checkpoint import load_detector
 
     detector, _, _ = load_detector(run_dir)
     assert components == sorted(detector.components())
@@ -208,9 +208,9 @@ def test_metadata_carries_the_run_calibration_and_round_trips(exported):
 
 
 def test_the_onnx_model_matches_torch_on_validation_images_at_batch_1_and_4(exported):
-    from training.checkpoint import load_detector
-    from training.data import build_splits
-    from training.data.dataset import load_rgb
+    from inspector.training.checkpoint import load_detector
+    from inspector.training.data import build_splits
+    from inspector.training.data.dataset import load_rgb
 
     run_dir, model_path, _ = exported
     detector, config, _ = load_detector(run_dir)
@@ -367,7 +367,7 @@ def test_export_never_overwrites_a_model_unless_forced(exported, tmp_path):
 
 
 def test_export_failing_parity_exits_1_says_by_how_much_and_writes_nothing(run_copy, monkeypatch):
-    from export import parity
+    from inspector.export import parity
 
     real_session = parity.onnx_session
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 from scipy import ndimage
 
-from training.losses import focal_loss, gaussian_window, ssim, ssim_loss
+from inspector.training.losses import focal_loss, gaussian_window, ssim, ssim_loss
 
 
 def _reference_ssim(a: np.ndarray, b: np.ndarray) -> float:

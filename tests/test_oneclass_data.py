@@ -12,8 +12,8 @@ import pytest
 
 from inspector.config import load_config
 from inspector.errors import InspectorError
-from training.data import build_splits, oneclass
-from training.data.dataset import ImageDataset
+from inspector.training.data import build_splits, oneclass
+from inspector.training.data.dataset import ImageDataset
 
 CLASSES = 3
 PER_CLASS_TRAIN, PER_CLASS_TEST = 10, 4

@@ -22,9 +22,9 @@ from runtime_models import build_deviation_model
 
 from inspector.cli import cli
 from inspector.preprocess import read_image
-from runtime.folder import inspect_folder
-from runtime.scoring import Scorer
-from runtime.session import load_model
+from inspector.runtime.folder import inspect_folder
+from inspector.runtime.scoring import Scorer
+from inspector.runtime.session import load_model
 
 
 @pytest.fixture(scope="module")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from runtime.overlay import COLORMAP, MAX_ALPHA, render_overlay
-from runtime.scoring import Inspection, RegionGrid
+from inspector.runtime.overlay import COLORMAP, MAX_ALPHA, render_overlay
+from inspector.runtime.scoring import Inspection, RegionGrid
 
 
 def two_blob_map() -> np.ndarray:

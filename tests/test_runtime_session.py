@@ -17,8 +17,8 @@ from runtime_models import build_deviation_model, contract_metadata
 from inspector.artifact import METADATA_KEY
 from inspector.cli import cli
 from inspector.errors import ArtifactError, InspectorError
-from runtime import session as session_module
-from runtime.session import CPU, choose_providers, default_threads, load_model
+from inspector.runtime import session as session_module
+from inspector.runtime.session import CPU, choose_providers, default_threads, load_model
 
 CUDA, COREML, TENSORRT = "CUDAExecutionProvider", "CoreMLExecutionProvider", "TensorrtExecutionProvider"
 

@@ -19,11 +19,11 @@ from runtime_models import build_deviation_model
 
 from inspector.cli import cli
 from inspector.errors import InspectorError
-from runtime import sources
-from runtime.scoring import Scorer
-from runtime.session import load_model
-from runtime.sources import CaptureSource, FolderSource, FrameReader, Source, open_source
-from runtime.watch import watch
+from inspector.runtime import sources
+from inspector.runtime.scoring import Scorer
+from inspector.runtime.session import load_model
+from inspector.runtime.sources import CaptureSource, FolderSource, FrameReader, Source, open_source
+from inspector.runtime.watch import watch
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -15,14 +15,14 @@ from torch.utils.data import DataLoader
 from inspector.config import load_config
 from inspector.errors import InspectorError
 from inspector.preprocess import read_image
-from training.data import synthetic
-from training.data.anomaly_source import AnomalySource, anomaly_source_from_config, generated_textures
-from training.data.dataset import ImageDataset
-from training.data.perlin import perlin_mask, perlin_noise
-from training.data.procedural import to_uint8
-from training.data.samples import Sample
-from training.data.synthesis import SyntheticAnomalyDataset
-from training.data.synthetic import (
+from inspector.training.data import synthetic
+from inspector.training.data.anomaly_source import AnomalySource, anomaly_source_from_config, generated_textures
+from inspector.training.data.dataset import ImageDataset
+from inspector.training.data.perlin import perlin_mask, perlin_noise
+from inspector.training.data.procedural import to_uint8
+from inspector.training.data.samples import Sample
+from inspector.training.data.synthesis import SyntheticAnomalyDataset
+from inspector.training.data.synthetic import (
     CATEGORIES,
     DEFECT_KINDS,
     add_defect,
@@ -142,7 +142,7 @@ def test_anomaly_source_folder_errors(tmp_path):
 
 
 def test_without_anomaly_source_textures_are_generated_with_a_warning(monkeypatch, caplog):
-    monkeypatch.setattr("training.data.anomaly_source.GENERATED_TEXTURE_COUNT", 3)
+    monkeypatch.setattr("inspector.training.data.anomaly_source.GENERATED_TEXTURE_COUNT", 3)
     with caplog.at_level(logging.WARNING):
         source = anomaly_source_from_config(load_config(None, {}))
     assert len(source) == 3

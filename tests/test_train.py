@@ -21,19 +21,19 @@ from inspector.cli import cli
 from inspector.config import load_config
 from inspector.errors import InspectorError
 from inspector.preprocess import prepare_batch, read_image
-from training.batchnorm import refresh_best_batchnorm
-from training.checkpoint import (
+from inspector.training.batchnorm import refresh_best_batchnorm
+from inspector.training.checkpoint import (
     FORMAT_VERSION,
     checkpoint_path,
     load_checkpoint,
     load_detector,
     save_checkpoint,
 )
-from training.data.synthetic import generate_dataset
-from training.detectors.rdna import RDNA
-from training.device import resolve_device
-from training.evaluate import evaluate_run, score_samples
-from training.trainer import train
+from inspector.training.data.synthetic import generate_dataset
+from inspector.training.detectors.rdna import RDNA
+from inspector.training.device import resolve_device
+from inspector.training.evaluate import evaluate_run, score_samples
+from inspector.training.trainer import train
 
 torch.set_num_threads(1)  # a shared 2-core machine: more threads only contend
 
@@ -257,7 +257,7 @@ def test_a_new_run_never_overwrites_an_existing_one(tmp_path, dataset):
 def test_score_samples_uses_the_shared_preprocessing_and_the_scoring_graph(dataset):
     detector = RDNA((32, 32), 3, **TINY_RDNA).eval()
     images = sorted((dataset["root"] / "fabric" / "test").rglob("*.png"))[:3]
-    from training.data.samples import Sample
+    from inspector.training.data.samples import Sample
 
     scores, maps = score_samples(
         detector, [Sample(path) for path in images], (32, 32), 3, batch_size=2, device="cpu"

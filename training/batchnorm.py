@@ -20,14 +20,14 @@ from torch import nn
 from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Dataset
 
-from training.checkpoint import (
+from inspector.training.checkpoint import (
     atomic_write,
     build_from_checkpoint,
     checkpoint_path,
     load_checkpoint,
     run_config,
 )
-from training.data import build_splits, training_datasets
+from inspector.training.data import build_splits, training_datasets
 
 #: How many training images the statistics are averaged over (fewer when the training set is smaller).
 REFRESH_IMAGES = 1000

@@ -24,7 +24,7 @@ import torch
 from inspector import __version__
 from inspector.config import TrainConfig, config_from_dict, load_config
 from inspector.errors import InspectorError
-from training.detectors.base import Detector, build_detector
+from inspector.training.detectors.base import Detector, build_detector
 
 #: Bumped when a checkpoint written by an older version can no longer be read.
 FORMAT_VERSION = 1

@@ -23,12 +23,12 @@ from inspector.calibration import Calibration, calibrate
 from inspector.config import DATA_FORMATS, DataConfig
 from inspector.errors import InspectorError
 from inspector.metrics import image_metrics, pixel_metrics
-from training.checkpoint import atomic_write_text, load_detector
-from training.data import build_splits
-from training.data.dataset import ImageDataset
-from training.data.samples import Sample
-from training.detectors.base import Detector
-from training.device import resolve_device
+from inspector.training.checkpoint import atomic_write_text, load_detector
+from inspector.training.data import build_splits
+from inspector.training.data.dataset import ImageDataset
+from inspector.training.data.samples import Sample
+from inspector.training.detectors.base import Detector
+from inspector.training.device import resolve_device
 
 GRID_ROWS = 4
 PRIOR_SAMPLES = 16
@@ -262,7 +262,7 @@ def _make_plots(
     notes: list[str],
 ) -> list[str]:
     try:
-        from training import plots
+        from inspector.training import plots
     except ImportError as error:  # matplotlib is part of the [train] extra
         notes.append(f"plots skipped ({error}); install inspector[train]")
         return []

@@ -33,8 +33,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from inspector.config import TrainConfig
 from inspector.errors import ImageReadError, InspectorError
-from training.batchnorm import refresh_best_batchnorm
-from training.checkpoint import (
+from inspector.training.batchnorm import refresh_best_batchnorm
+from inspector.training.checkpoint import (
     atomic_write,
     atomic_write_text,
     checkpoint_path,
@@ -42,9 +42,9 @@ from training.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from training.data import build_splits, training_datasets
-from training.detectors.base import Detector, build_detector
-from training.device import resolve_device
+from inspector.training.data import build_splits, training_datasets
+from inspector.training.detectors.base import Detector, build_detector
+from inspector.training.device import resolve_device
 
 #: ``last.pt`` is refreshed at the end of an epoch at most this often (a large model's optimizer state is
 #: gigabytes; Ctrl-C, the time limit and the end of training always write it).
@@ -298,7 +298,7 @@ def train(
     )
 
     if evaluate:
-        from training.evaluate import evaluate_run
+        from inspector.training.evaluate import evaluate_run
 
         try:
             evaluate_run(run_dir, checkpoint="best", device=config.device, log=log)

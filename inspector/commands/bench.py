@@ -77,9 +77,9 @@ def bench_command(
     Example:
       inspector bench --model model.onnx --images photos/
     """
-    from runtime.bench import benchmark
-    from runtime.scoring import Scorer
-    from runtime.session import load_model, threads_per_worker
+    from inspector.runtime.bench import benchmark
+    from inspector.runtime.scoring import Scorer
+    from inspector.runtime.session import load_model, threads_per_worker
 
     def open_model(threads: int) -> Scorer:
         return Scorer(load_model(model_path, device, strict_device, threads, warn=echo_warning))

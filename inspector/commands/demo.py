@@ -7,10 +7,6 @@ from pathlib import Path
 import click
 
 from inspector.commands.options import torch_device_option
-from inspector.errors import InspectorError
-
-#: The presets ship in the repository's configs/ folder, beside the packages.
-CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
 
 
 @click.command("demo", short_help="Generate data, train, evaluate, export and inspect, in one go.")
@@ -19,7 +15,7 @@ CONFIGS_DIR = Path(__file__).resolve().parents[2] / "configs"
     type=click.Choice(["rdna", "draem"]),
     default="rdna",
     show_default=True,
-    help="Detector to train (its CPU preset, configs/<detector>_cpu.yaml).",
+    help="Detector to train (its CPU preset, <detector>_cpu).",
 )
 @click.option(
     "--category",
@@ -74,18 +70,15 @@ def demo_command(
     Example:
       inspector demo --minutes 3
     """
-    from export.pipeline import export_run
+    from inspector.export.pipeline import export_run
     from inspector.config import load_config
-    from runtime.folder import inspect_folder
-    from runtime.scoring import Scorer
-    from runtime.session import load_model, threads_per_worker
-    from training.trainer import train
+    from inspector.runtime.folder import inspect_folder
+    from inspector.runtime.scoring import Scorer
+    from inspector.runtime.session import load_model, threads_per_worker
+    from inspector.training.trainer import train
 
-    preset = CONFIGS_DIR / f"{detector}_cpu.yaml"
-    if not preset.is_file():
-        raise InspectorError(f"{preset} not found; run `inspector demo` from a clone of the repository")
     config = load_config(
-        preset,
+        f"{detector}_cpu",
         {
             "name": f"demo-{detector}",
             "out": str(out),

@@ -46,7 +46,7 @@ def eval_command(
 
     Example: inspector eval runs/rdna_cpu
     """
-    from training.evaluate import evaluate_run
+    from inspector.training.evaluate import evaluate_run
 
     overrides = {"root": data_root, "format": data_format, "category": category}
     evaluate_run(

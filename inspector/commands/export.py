@@ -76,8 +76,8 @@ def export_command(
     """
     if not to_onnx:
         raise InspectorError("choose an export format: --onnx")
-    from export.parity import ParityError
-    from export.pipeline import export_run
+    from inspector.export.parity import ParityError
+    from inspector.export.pipeline import export_run
 
     try:
         export_run(

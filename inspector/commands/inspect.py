@@ -84,9 +84,9 @@ def inspect_command(
     Example:
       inspector inspect photos/ --model model.onnx --save anomalous --fail-on-anomaly
     """
-    from runtime.folder import inspect_folder
-    from runtime.scoring import Scorer
-    from runtime.session import load_model, threads_per_worker
+    from inspector.runtime.folder import inspect_folder
+    from inspector.runtime.scoring import Scorer
+    from inspector.runtime.session import load_model, threads_per_worker
 
     workers, threads = threads_per_worker(workers, threads)
     scorer = Scorer(

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from inspector.commands.options import data_format_option, torch_device_option
-from inspector.config import load_config
+from inspector.config import load_config, preset_names
 from inspector.errors import InspectorError
 
 #: ``--resume`` given without a run directory: resume ``<out>/<name>`` of the config.
@@ -51,7 +51,9 @@ def _input_size(value: str | None) -> list[int] | None:
     "config_path",
     type=click.Path(dir_okay=False, path_type=str),
     default=None,
-    help="YAML config (e.g. configs/rdna_cpu.yaml); options below override it. Default: built-in defaults.",
+    help="YAML config file, or the name of an installed preset (rdna_cpu, draem_cpu, rdna_paper, "
+    "alocc_fmnist, ...; `inspector train --config list` lists them); options below override it. "
+    "Default: the detector's CPU preset (<detector>_cpu) where one exists, else built-in defaults.",
 )
 @click.option("--detector", default=None, help="Detector name: rdna, draem, alocc, bigan, memvae, advvae.")
 @click.option(
@@ -155,8 +157,8 @@ def train_command(
 
     \b
     Examples:
-      inspector train --config configs/rdna_cpu.yaml
-      inspector train --config configs/draem_cpu.yaml --format mvtec --data mvtec_ad \\
+      inspector train --config rdna_cpu
+      inspector train --config draem_cpu --format mvtec --data mvtec_ad \\
           --category bottle --anomaly-source dtd/images
       inspector train --resume runs/rdna_cpu
     """
@@ -180,7 +182,12 @@ def train_command(
     }
     given = {key: value for key, value in overrides.items() if value is not None}
 
+    if config_path == "list":
+        click.echo("\n".join(preset_names()))
+        return
     if resume is None:
+        if config_path is None and (detector or "rdna") + "_cpu" in preset_names():
+            config_path = f"{detector or 'rdna'}_cpu"
         config = load_config(config_path, given)
         if name is None and config.name == "run" and config_path is None:
             config.name = config.detector
@@ -206,7 +213,7 @@ def train_command(
         config = load_config(run_dir / "config.yaml", {k: v for k, v in given.items() if k in RESUMABLE})
         config.out, config.name = str(run_dir.parent), run_dir.name
 
-    from training.trainer import TrainingInterrupted, train
+    from inspector.training.trainer import TrainingInterrupted, train
 
     try:
         run_dir = train(

@@ -106,10 +106,10 @@ def watch_command(
     Example:
       inspector watch --model model.onnx --source line.mp4 --headless --record annotated.mp4
     """
-    from runtime.scoring import Scorer
-    from runtime.session import load_model
-    from runtime.sources import open_source
-    from runtime.watch import watch
+    from inspector.runtime.scoring import Scorer
+    from inspector.runtime.session import load_model
+    from inspector.runtime.sources import open_source
+    from inspector.runtime.watch import watch
 
     if camera is not None and source is not None:
         raise click.UsageError("give either --camera or --source, not both")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch.utils.data import Dataset
 
 from inspector.config import TrainConfig
-from training.data.samples import Sample, Splits, split_validation
+from inspector.training.data.samples import Sample, Splits, split_validation
 
 __all__ = ["Sample", "Splits", "build_splits", "split_validation", "training_datasets"]
 
@@ -18,18 +18,18 @@ def build_splits(config: TrainConfig) -> Splits:
     """
     data_format = config.data.format
     if data_format == "synthetic":
-        from training.data.synthetic import build_synthetic_splits
+        from inspector.training.data.synthetic import build_synthetic_splits
 
         return build_synthetic_splits(config)
     if data_format == "mvtec":
-        from training.data.mvtec import build_mvtec_splits
+        from inspector.training.data.mvtec import build_mvtec_splits
 
         return build_mvtec_splits(config)
     if data_format == "folder":
-        from training.data.folder import build_folder_splits
+        from inspector.training.data.folder import build_folder_splits
 
         return build_folder_splits(config)
-    from training.data.oneclass import build_oneclass_splits
+    from inspector.training.data.oneclass import build_oneclass_splits
 
     return build_oneclass_splits(config)
 
@@ -40,13 +40,13 @@ def training_datasets(
     """The training and validation sets of ``splits``: every image through the shared preprocessing
     (:class:`ImageDataset`); with ``synthetic_anomalies``, anomalies pasted in, fresh each epoch for
     training and a fixed set for validation."""
-    from training.data.dataset import ImageDataset
+    from inspector.training.data.dataset import ImageDataset
 
     train_set: Dataset = ImageDataset(splits.train, config.input_size, config.channels)
     val_set: Dataset = ImageDataset(splits.val, config.input_size, config.channels)
     if synthetic_anomalies:
-        from training.data.anomaly_source import anomaly_source_from_config
-        from training.data.synthesis import SyntheticAnomalyDataset
+        from inspector.training.data.anomaly_source import anomaly_source_from_config
+        from inspector.training.data.synthesis import SyntheticAnomalyDataset
 
         source = anomaly_source_from_config(config)
         train_set = SyntheticAnomalyDataset(train_set, source, seed=config.seed)

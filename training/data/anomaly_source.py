@@ -17,8 +17,8 @@ import numpy as np
 from inspector.config import TrainConfig
 from inspector.errors import InspectorError
 from inspector.preprocess import read_image, resize_image, to_uint8_rgb
-from training.data.mvtec import image_files
-from training.data.procedural import colourize, fractal_noise, smooth_noise, to_uint8
+from inspector.training.data.mvtec import image_files
+from inspector.training.data.procedural import colourize, fractal_noise, smooth_noise, to_uint8
 
 log = logging.getLogger(__name__)
 

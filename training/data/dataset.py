@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from inspector.errors import InspectorError
 from inspector.preprocess import read_image, resize_image, to_model_input, to_uint8_rgb
-from training.data.samples import Sample
+from inspector.training.data.samples import Sample
 
 
 def load_rgb(sample: Sample) -> np.ndarray:

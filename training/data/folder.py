@@ -12,8 +12,8 @@ from pathlib import Path
 
 from inspector.config import TrainConfig
 from inspector.errors import InspectorError
-from training.data.mvtec import MASK_SUFFIX, image_files, limit_samples
-from training.data.samples import Sample, Splits, split_validation
+from inspector.training.data.mvtec import MASK_SUFFIX, image_files, limit_samples
+from inspector.training.data.samples import Sample, Splits, split_validation
 
 
 def _folder(root: str | None, folder: str, option: str) -> Path:

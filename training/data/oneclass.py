@@ -25,7 +25,7 @@ import numpy as np
 from inspector.config import TrainConfig
 from inspector.errors import InspectorError
 from inspector.preprocess import is_image_name
-from training.data.samples import Sample, Splits, split_validation
+from inspector.training.data.samples import Sample, Splits, split_validation
 
 FASHION_MNIST_DEBIAN = Path("/usr/share/datasets/fashion-mnist")
 FASHION_MNIST_CLASSES = (

@@ -23,9 +23,9 @@ import torch
 from torch.utils.data import Dataset
 
 from inspector.preprocess import to_model_input
-from training.data.anomaly_source import AnomalySource
-from training.data.dataset import ImageDataset
-from training.data.perlin import perlin_mask, rotate
+from inspector.training.data.anomaly_source import AnomalySource
+from inspector.training.data.dataset import ImageDataset
+from inspector.training.data.perlin import perlin_mask, rotate
 
 Augmenter = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 

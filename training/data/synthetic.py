@@ -28,8 +28,8 @@ import numpy as np
 
 from inspector.config import TrainConfig
 from inspector.errors import InspectorError
-from training.data.procedural import colourize, fractal_noise, smooth_noise, streak_noise, to_uint8
-from training.data.samples import Splits
+from inspector.training.data.procedural import colourize, fractal_noise, smooth_noise, streak_noise, to_uint8
+from inspector.training.data.samples import Splits
 
 DEFAULT_ROOT = Path("data/synthetic")
 #: Surfaces, the first is the default category.
@@ -411,7 +411,7 @@ def build_synthetic_splits(config: TrainConfig) -> Splits:
     ``root`` defaults to ``data/synthetic`` and ``category`` to the first of :data:`CATEGORIES`. The data
     do not depend on the training seed, so runs with different seeds see the same images.
     """
-    from training.data.mvtec import build_mvtec_splits
+    from inspector.training.data.mvtec import build_mvtec_splits
 
     root = Path(config.data.root) if config.data.root else DEFAULT_ROOT
     category = config.data.category or CATEGORIES[0]

@@ -1,6 +1,6 @@
 """Detectors: importing this package registers every detector module below."""
 
-from training.detectors.base import (
+from inspector.training.detectors.base import (
     Component,
     Detector,
     build_detector,
@@ -12,7 +12,7 @@ from training.detectors.base import (
 __all__ = ["Component", "Detector", "build_detector", "detector_names", "get_detector_class", "register"]
 
 # One import per detector module; each registers itself with @register.
-from training.detectors import (
+from inspector.training.detectors import (
     advvae,  # noqa: F401
     alocc,  # noqa: F401
     bigan,  # noqa: F401

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.detectors.base import Batch, Component, Detector, register
-from training.detectors.vae_parts import (
+from inspector.training.detectors.base import Batch, Component, Detector, register
+from inspector.training.detectors.vae_parts import (
     ConvDecoder,
     ConvEncoder,
     block_widths,
@@ -32,7 +32,7 @@ from training.detectors.vae_parts import (
     halving_sizes,
     reparameterize,
 )
-from training.losses import judged_fake_loss, judged_real_loss, ssim_loss
+from inspector.training.losses import judged_fake_loss, judged_real_loss, ssim_loss
 
 SCORES = ("reconstruction", "discriminator")
 

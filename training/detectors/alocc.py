@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from inspector.errors import InspectorError
-from training.detectors.base import Batch, Component, Detector, register
-from training.detectors.vae_parts import block_widths, halving_sizes
-from training.losses import judged_fake_loss, judged_real_loss
+from inspector.training.detectors.base import Batch, Component, Detector, register
+from inspector.training.detectors.vae_parts import block_widths, halving_sizes
+from inspector.training.losses import judged_fake_loss, judged_real_loss
 
 SCORES = ("discriminator", "input_discriminator", "reconstruction")
 

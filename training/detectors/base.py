@@ -145,7 +145,7 @@ def register(cls: type[Detector]) -> type[Detector]:
 
 def detector_names() -> list[str]:
     """The registered detector names."""
-    from training import detectors  # noqa: F401  (importing the package registers every detector)
+    from inspector.training import detectors  # noqa: F401  (importing the package registers every detector)
 
     return sorted(_REGISTRY)
 

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from training.detectors.base import register
-from training.detectors.rdna import RDNA
+from inspector.training.detectors.base import register
+from inspector.training.detectors.rdna import RDNA
 
 
 @register

@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.detectors.base import Batch, Component, Detector, register
-from training.detectors.vae_parts import (
+from inspector.training.detectors.base import Batch, Component, Detector, register
+from inspector.training.detectors.vae_parts import (
     ConvDecoder,
     ConvEncoder,
     block_widths,

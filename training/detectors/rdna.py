@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.detectors.base import Batch, Component, Detector, register
-from training.losses import focal_loss, judged_fake_loss, judged_real_loss, ssim_loss
+from inspector.training.detectors.base import Batch, Component, Detector, register
+from inspector.training.losses import focal_loss, judged_fake_loss, judged_real_loss, ssim_loss
 
 #: The smallest side a feature map may shrink to before the nets stop pooling.
 MIN_FEATURE_SIDE = 4

@@ -1,0 +1,5 @@
+"""``python -m inspector``: the same command line as ``inspector``."""
+
+from inspector.cli import main
+
+main()
