@@ -51,6 +51,9 @@ class CalibrationConfig:
     method: str = "auto"
     false_reject_rate: float = 0.01
     pixel_false_positive_rate: float = 0.001
+    #: Defect regions smaller than this many pixels (at the image's own resolution, per 256x256 of it)
+    #: are not reported; stored in the model metadata for the runtime.
+    min_region_area: int = 16
 
 
 @dataclass
@@ -67,6 +70,13 @@ class TrainConfig:
     epochs: int = 10
     max_steps: int | None = None
     time_limit_minutes: float | None = None
+    #: Train on random square crops of this side from images read at ``input_size`` (fully convolutional
+    #: detectors); scoring always sees the whole ``input_size`` image. None: no crops.
+    crop_size: int | None = None
+    #: ``last.pt`` is written at least this often during training (Ctrl-C, SIGTERM and the end always
+    #: write it too); ``checkpoint_every_steps`` adds a step cadence.
+    checkpoint_every_seconds: float = 60.0
+    checkpoint_every_steps: int | None = None
     batch_size: int = 8
     lr: float = 1e-4
     seed: int = 0
