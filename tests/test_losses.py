@@ -64,14 +64,14 @@ def test_focal_loss_matches_formula_per_pixel():
     probabilities = torch.tensor([[[[0.9, 0.7]], [[0.1, 0.3]]]])  # [1, 2, 1, 2]
     mask = torch.tensor([[[[0.0, 1.0]]]])
     expected = (-(0.1**2) * math.log(0.9) - (0.7**2) * math.log(0.3)) / 2
-    assert float(focal_loss(probabilities, mask)) == pytest.approx(expected, rel=1e-5)
+    assert float(focal_loss(probabilities.log(), mask)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_focal_loss_with_gamma_zero_is_cross_entropy():
     logits = torch.randn(2, 2, 8, 8)
     mask = (torch.rand(2, 1, 8, 8) > 0.7).float()
     cross_entropy = torch.nn.functional.cross_entropy(logits, mask[:, 0].long())
-    assert float(focal_loss(torch.softmax(logits, 1), mask, gamma=0.0)) == pytest.approx(
+    assert float(focal_loss(logits, mask, gamma=0.0)) == pytest.approx(
         float(cross_entropy), rel=1e-4
     )
 
@@ -79,7 +79,14 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy():
 def test_focal_loss_is_small_when_confident_and_right_large_when_wrong():
     mask = torch.zeros(1, 1, 4, 4)
     mask[..., :2, :] = 1
-    right = torch.cat([1 - mask, mask], dim=1) * 0.98 + 0.01
-    wrong = torch.cat([mask, 1 - mask], dim=1) * 0.98 + 0.01
+    right = (torch.cat([1 - mask, mask], dim=1) * 0.98 + 0.01).log()
+    wrong = (torch.cat([mask, 1 - mask], dim=1) * 0.98 + 0.01).log()
     assert float(focal_loss(right, mask)) < 1e-4
     assert float(focal_loss(wrong, mask)) > 1.0
+
+
+def test_focal_loss_keeps_its_gradient_on_confidently_wrong_pixels():
+    # A pixel whose true class has probability e^-30: clamping p at 1e-6 would give it no gradient at all.
+    logits = torch.tensor([[[[15.0]], [[-15.0]]]], requires_grad=True)
+    focal_loss(logits, torch.ones(1, 1, 1, 1)).backward()
+    assert logits.grad is not None and float(logits.grad.abs().max()) > 0.5

@@ -194,6 +194,9 @@ def evaluate_run(
             "notes": notes,
         }
     )
+    training_summary = run_dir / "training.json"
+    if training_summary.is_file():
+        metrics["training"] = json.loads(training_summary.read_text(encoding="utf-8"))
 
     if plots:
         metrics["plots"] = _make_plots(run_dir, detector, test_set, test, calibration, torch_device, notes)

@@ -59,17 +59,17 @@ def ssim_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return 1.0 - ssim(prediction, target)
 
 
-def focal_loss(
-    probabilities: torch.Tensor, mask: torch.Tensor, gamma: float = 2.0, eps: float = 1e-6
-) -> torch.Tensor:
-    """Focal loss of two-class softmax ``probabilities`` ``[N, 2, H, W]`` against a ``mask`` ``[N, 1, H, W]`` in {0, 1}.
+def focal_loss(logits: torch.Tensor, mask: torch.Tensor, gamma: float = 2.0) -> torch.Tensor:
+    """Focal loss of two-class ``logits`` ``[N, 2, H, W]`` against a ``mask`` ``[N, 1, H, W]`` in {0, 1}.
 
-    Per pixel ``-(1 - p_t)^gamma * log(p_t)`` where ``p_t`` is the probability of the true class, averaged
-    over pixels: easy, confidently right pixels (most of the background) weigh almost nothing.
+    Per pixel ``-(1 - p_t)^gamma * log(p_t)`` where ``p_t`` is the softmax probability of the true class,
+    averaged over pixels: easy, confidently right pixels (most of the background) weigh almost nothing.
+    Computed from the logits (``log_softmax``), so a confidently wrong pixel keeps its gradient where
+    probabilities clamped away from zero would have flattened it.
     """
     target = (mask > 0.5).long()
-    true_class = probabilities.gather(1, target).clamp(min=eps, max=1.0)
-    return (-((1.0 - true_class) ** gamma) * torch.log(true_class)).mean()
+    log_true = F.log_softmax(logits, dim=1).gather(1, target)
+    return (-((1.0 - log_true.exp()) ** gamma) * log_true).mean()
 
 
 def judged_real_loss(logits: torch.Tensor) -> torch.Tensor:

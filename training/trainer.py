@@ -16,6 +16,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import math
 import random
 import shutil
@@ -46,10 +47,9 @@ from inspector.training.data import build_splits, training_datasets
 from inspector.training.detectors.base import Detector, build_detector
 from inspector.training.device import resolve_device
 
-#: ``last.pt`` is refreshed at the end of an epoch at most this often (a large model's optimizer state is
-#: gigabytes; Ctrl-C, the time limit and the end of training always write it).
-LAST_CHECKPOINT_MIN_SECONDS = 60.0
 HISTORY_FILE = "history.csv"
+#: How the run ended and how much of its plan it did; evaluation copies it into ``metrics.json``.
+TRAINING_SUMMARY_FILE = "training.json"
 
 
 class _Diverged(InspectorError):
@@ -59,10 +59,12 @@ class _Diverged(InspectorError):
 class TrainingInterrupted(KeyboardInterrupt):
     """Ctrl-C during training: ``last.pt`` was saved at ``step`` and the run can be resumed."""
 
-    def __init__(self, run_dir: Path, step: int) -> None:
+    def __init__(self, run_dir: Path, step: int, signal_number: int = signal.SIGINT) -> None:
         super().__init__(f"interrupted at step {step}; resume with: inspector train --resume {run_dir}")
         self.run_dir = run_dir
         self.step = step
+        #: The signal that stopped training: the command exits with 128 + it, as a shell expects.
+        self.signal_number = int(signal_number)
 
 
 def train(
@@ -98,7 +100,7 @@ def train(
     checkpoint = None
     if resume:
         run_dir = config.run_dir
-        checkpoint = load_checkpoint(checkpoint_path(run_dir, "last"))
+        checkpoint = _resume_checkpoint(run_dir, log)
         if checkpoint["detector"] != config.detector:
             raise InspectorError(
                 f"{run_dir} was trained as '{checkpoint['detector']}', not '{config.detector}'; resume it "
@@ -111,6 +113,10 @@ def train(
     _seed_everything(config.seed)
     detector = _build_detector(config).to(device)
 
+    if config.crop_size is not None and not detector.uses_synthetic_anomalies:
+        raise InspectorError(
+            f"crop_size works with the fully convolutional detectors (rdna, draem), not '{config.detector}'"
+        )
     train_set, val_set = training_datasets(config, splits, detector.uses_synthetic_anomalies)
 
     batch_size = min(config.batch_size, len(train_set))
@@ -158,6 +164,7 @@ def train(
             )
         log(f"resuming {run_dir} at step {step} of {total_steps}")
 
+    _remove_stale_temporary_files(run_dir)
     atomic_write_text(run_dir / "config.yaml", _yaml(config))
     history = _History(run_dir / HISTORY_FILE, keep_until_step=step if resume else None)
     time_limit = None if config.time_limit_minutes is None else 60.0 * config.time_limit_minutes
@@ -182,7 +189,7 @@ def train(
     stop = _StopOnInterrupt()
     started = time.monotonic() - elapsed_before
     session_start, session_start_step = time.monotonic(), step
-    last_saved = time.monotonic()
+    last_saved, last_saved_step = time.monotonic(), step
     val_loss = None
 
     def save(which: str) -> None:
@@ -207,8 +214,8 @@ def train(
                 # Resuming mid-epoch skips the batches that epoch already trained on.
                 sampler.set_epoch(epoch, skip=(step % steps_per_epoch) * batch_size)
                 for batch in _batches(train_loader, stop):
+                    detector.set_progress(_progress(step, total_steps, time.monotonic() - started, time_limit))
                     losses = detector.training_step(_to_device(batch, device))
-                    detector.step_schedulers()
                     step += 1
                     if not all(math.isfinite(value) for value in losses.values()):
                         raise _Diverged(
@@ -228,7 +235,7 @@ def train(
                             best_val_loss = val_loss
                             save("best")
                         # A detector may have its own stopping criterion (ALOCC's rho).
-                        if getattr(detector, "should_stop", False):
+                        if detector.should_stop:
                             stopped_by, finishing = "detector", True
                     history.write(
                         step, step / steps_per_epoch, losses, val_loss, _learning_rate(detector), elapsed
@@ -247,17 +254,14 @@ def train(
                         stopped_by = "time limit"
                     if finishing:
                         break
-                if (
-                    step % steps_per_epoch == 0
-                    and time.monotonic() - last_saved >= LAST_CHECKPOINT_MIN_SECONDS
-                ):
-                    save("last")
-                    last_saved = time.monotonic()
+                    if _checkpoint_due(config, step - last_saved_step, time.monotonic() - last_saved):
+                        save("last")
+                        last_saved, last_saved_step = time.monotonic(), step
     except KeyboardInterrupt:
         bar.close()
         history.close()
         save("last")
-        raise TrainingInterrupted(run_dir, step) from None
+        raise TrainingInterrupted(run_dir, step, stop.signal_number) from None
     except InspectorError as error:
         bar.close()
         history.close()
@@ -296,6 +300,20 @@ def train(
         f"trained {step} steps ({step / steps_per_epoch:.1f} epochs) in {minutes:.1f} min, {reason}; "
         f"best validation loss {_format_value(best_val_loss)}"
     )
+    if stopped_by == "time limit" and step < total_steps:
+        log(
+            f"note: the time limit cut the run at step {step} of the {total_steps} planned; the learning-rate "
+            "schedule followed the time, so it was completed"
+        )
+    summary = {
+        "steps": step,
+        "planned_steps": total_steps,
+        "stopped_by": stopped_by,
+        "time_limit_minutes": config.time_limit_minutes,
+        "minutes": round(minutes, 3),
+        "steps_per_second": round(step / max(minutes * 60.0, 1e-9), 4),
+    }
+    atomic_write_text(run_dir / TRAINING_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
     if evaluate:
         from inspector.training.evaluate import evaluate_run
@@ -310,6 +328,38 @@ def train(
 
 
 # --- the pieces the loop uses ------------------------------------------------------------------------
+
+
+def _resume_checkpoint(run_dir: Path, log) -> dict:
+    """``last.pt`` of a run to resume, or ``best.pt`` when a kill came before ``last.pt`` was written."""
+    last, best = checkpoint_path(run_dir, "last"), checkpoint_path(run_dir, "best")
+    if not last.is_file() and best.is_file():
+        log(f"{last} is missing (the run was killed before writing it): resuming from {best.name}")
+        return load_checkpoint(best)
+    return load_checkpoint(last)
+
+
+def _progress(step: int, total_steps: int, elapsed: float, time_limit: float | None) -> float:
+    """How far through its budget the run is: steps or time, whichever binds (0 to 1)."""
+    progress = step / total_steps
+    if time_limit is not None and time_limit > 0:
+        progress = max(progress, elapsed / time_limit)
+    return min(progress, 1.0)
+
+
+def _checkpoint_due(config: TrainConfig, steps_since: int, seconds_since: float) -> bool:
+    every_steps = config.checkpoint_every_steps
+    return seconds_since >= config.checkpoint_every_seconds or (
+        every_steps is not None and steps_since >= every_steps
+    )
+
+
+def _remove_stale_temporary_files(run_dir: Path) -> None:
+    """Temporary files a killed writer left behind (``.last.pt.*.tmp``...): never a valid file."""
+    for folder in (run_dir, run_dir / "checkpoints"):
+        if folder.is_dir():
+            for leftover in folder.glob(".*.tmp"):
+                leftover.unlink(missing_ok=True)
 
 
 def _build_detector(config: TrainConfig) -> Detector:
@@ -531,27 +581,33 @@ class _History:
 
 
 class _StopOnInterrupt:
-    """First Ctrl-C: finish the current step, save ``last.pt`` and stop. A second one stops at once."""
+    """First Ctrl-C or SIGTERM (``docker stop``, systemd, ``timeout``, preemption): finish the current
+    step, save ``last.pt`` and stop. A second one stops at once."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested = False
-        self._previous = None
+        self.signal_number = int(signal.SIGINT)
+        self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> None:
         # Signal handlers can only be installed from the main thread; elsewhere Ctrl-C raises as usual.
         if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handle)
+            self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        print("\nstopping after this step and saving last.pt (Ctrl-C again to stop at once)", file=sys.stderr)
+        self.signal_number = int(signum)
+        name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+        print(f"\n{name}: stopping after this step and saving last.pt (again to stop at once)", file=sys.stderr)
 
     def __exit__(self, *exc_info) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for number, previous in self._previous.items():
+            signal.signal(number, previous)
+        self._previous = {}
 
 
 class _ProgressBar:

@@ -153,7 +153,7 @@ def train_command(
     """Train a detector on normal images, save checkpoints as it goes, then calibrate and evaluate it.
 
     Writes OUT/NAME/: config.yaml, checkpoints/last.pt and best.pt, history.csv, metrics.json,
-    calibration.json and plots/. Ctrl-C saves last.pt and exits with code 130; continue with --resume.
+    calibration.json and plots/. Ctrl-C (or SIGTERM) saves last.pt and exits with code 130 (143); continue with --resume.
 
     \b
     Examples:
@@ -221,7 +221,7 @@ def train_command(
         )
     except TrainingInterrupted as interrupted:
         click.echo(f"\n{interrupted}", err=True)
-        raise SystemExit(130) from None
+        raise SystemExit(128 + interrupted.signal_number) from None
     # The metrics summary was printed by the evaluation at the end of training.
     click.echo(f"run: {run_dir}")
     click.echo(f"next: inspector eval {run_dir}" if no_eval else f"next: inspector export {run_dir} --onnx")

@@ -49,6 +49,6 @@ def training_datasets(
         from inspector.training.data.synthesis import SyntheticAnomalyDataset
 
         source = anomaly_source_from_config(config)
-        train_set = SyntheticAnomalyDataset(train_set, source, seed=config.seed)
+        train_set = SyntheticAnomalyDataset(train_set, source, seed=config.seed, crop_size=config.crop_size)
         val_set = SyntheticAnomalyDataset(val_set, source, seed=config.seed + 1)
     return train_set, val_set

@@ -8,7 +8,9 @@ rotated image is also the reconstruction target), half of the samples get a synt
     beta   ~ U(0, beta_max)
     x_aug  = x (1 - M) + (1 - beta) A M + beta x M
 
-and the other half stay clean (zero mask). Every item draws from its own generator seeded by
+and the other half stay clean (zero mask). With ``crop_size`` each item is a random square crop of the
+image (the anomaly drawn at the crop's size): fully convolutional nets train on crops at the cost of the
+crop and score whole images. Every item draws from its own generator seeded by
 ``(seed, epoch, index)``: data-loader workers never share a random stream, and a run is reproducible.
 """
 
@@ -88,6 +90,7 @@ class SyntheticAnomalyDataset(Dataset):
         anomaly_probability: float = 0.5,
         rotate_probability: float = 0.3,
         beta_max: float = 0.8,
+        crop_size: int | None = None,
     ) -> None:
         self.base = base
         self.source = source
@@ -95,6 +98,7 @@ class SyntheticAnomalyDataset(Dataset):
         self.anomaly_probability = anomaly_probability
         self.rotate_probability = rotate_probability
         self.beta_max = beta_max
+        self.crop_size = crop_size
         self.epoch = 0
         self.augmenters = draem_augmenters()
 
@@ -118,6 +122,9 @@ class SyntheticAnomalyDataset(Dataset):
         if rng.random() < self.rotate_probability:
             # Reflected borders keep the rotated image a plausible normal surface (no black corners).
             rgb = rotate(rgb, rng.uniform(-90.0, 90.0), border=cv2.BORDER_REFLECT_101)
+        if self.crop_size is not None:
+            rgb = _random_crop(rgb, self.crop_size, rng)
+            size = rgb.shape[:2]
         channels = self.base.channels
         image = to_model_input(rgb, size, channels)
         augmented, mask = image, np.zeros((1, *size), np.float32)
@@ -138,6 +145,13 @@ class SyntheticAnomalyDataset(Dataset):
             "label": int(self.base.samples[index].label),
             "index": int(index),
         }
+
+
+def _random_crop(image: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
+    height, width = image.shape[:2]
+    side_y, side_x = min(side, height), min(side, width)
+    top, left = int(rng.integers(height - side_y + 1)), int(rng.integers(width - side_x + 1))
+    return image[top : top + side_y, left : left + side_x]
 
 
 def _non_empty_perlin_mask(

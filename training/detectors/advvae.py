@@ -202,7 +202,6 @@ class AdvVAE(Detector):
                 self.discriminator.parameters(), lr=self.discriminator_lr or lr, betas=(0.5, 0.999)
             ),
         }
-        self.schedulers = {}
 
     def training_step(self, batch: Batch) -> dict[str, float]:
         self.train()

@@ -155,7 +155,6 @@ class ALOCC(Detector):
                     module.parameters(), lr=lr, alpha=0.9, weight_decay=1e-9
                 )
         self.optimizers = optimizers
-        self.schedulers = {}
 
     def _gradient_penalty(self, real: torch.Tensor, fake: torch.Tensor) -> torch.Tensor:
         mix = torch.rand(real.shape[0], 1, 1, 1, device=real.device)

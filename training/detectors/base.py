@@ -2,7 +2,8 @@
 
 A detector is an ``nn.Module`` that:
 - is built from ``(input_size, channels, **options)`` (options come from ``detector_options`` in the config);
-- owns its networks, optimizers and LR schedulers (GAN-style detectors need several);
+- owns its networks and optimizers (GAN-style detectors need several) and says how their learning rates
+  change over the run (:meth:`Detector.lr_multiplier` of the run's progress, steps or time);
 - takes one training step on a batch (:meth:`Detector.training_step`), doing its own backward passes;
 - scores images in [0, 1] in :meth:`Detector.forward`, returning the raw image score ``[N]`` and the raw
   anomaly map ``[N, 1, H, W]``: ``forward`` *is* the fused scoring graph that export writes to ONNX;
@@ -58,11 +59,30 @@ class Detector(nn.Module):
         self.input_size = (int(input_size[0]), int(input_size[1]))
         self.channels = int(channels)
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.schedulers: dict[str, torch.optim.lr_scheduler.LRScheduler] = {}
+
+    @property
+    def should_stop(self) -> bool:
+        """True when the detector's own criterion (ALOCC's rho) ends training; read after validation."""
+        return False
 
     def configure_optimizers(self, lr: float, total_steps: int) -> None:
-        """Create ``self.optimizers`` and ``self.schedulers`` for a run of ``total_steps`` steps."""
+        """Create ``self.optimizers`` for a run of ``total_steps`` steps at base learning rate ``lr``."""
         raise NotImplementedError
+
+    def lr_multiplier(self, progress: float) -> float:
+        """The learning rates' multiplier at ``progress`` (0 to 1) through the run; constant by default."""
+        return 1.0
+
+    def set_progress(self, progress: float) -> None:
+        """Set every optimizer's learning rate for ``progress`` through the run.
+
+        Progress is the larger of steps done / planned and time used / time limit, so a run cut by its
+        time limit still goes through its whole schedule.
+        """
+        multiplier = self.lr_multiplier(min(max(progress, 0.0), 1.0))
+        for optimizer in self.optimizers.values():
+            for group in optimizer.param_groups:
+                group["lr"] = group.setdefault("initial_lr", group["lr"]) * multiplier
 
     def training_step(self, batch: Batch) -> dict[str, float]:
         """One optimisation step (all of the detector's networks); returns the losses as floats.
@@ -106,22 +126,13 @@ class Detector(nn.Module):
         """Samples from the prior for generative detectors, ``[count, C, H, W]``; None for others."""
         return None
 
-    def step_schedulers(self) -> None:
-        for scheduler in self.schedulers.values():
-            scheduler.step()
-
     def optimizer_state(self) -> dict[str, dict]:
-        """Optimizer and scheduler state for a resumable checkpoint."""
-        return {
-            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
-            "schedulers": {name: sch.state_dict() for name, sch in self.schedulers.items()},
-        }
+        """Optimizer state for a resumable checkpoint (the learning rates follow from the progress)."""
+        return {"optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()}}
 
     def load_optimizer_state(self, state: dict[str, dict]) -> None:
         for name, opt_state in state.get("optimizers", {}).items():
             self.optimizers[name].load_state_dict(opt_state)
-        for name, sch_state in state.get("schedulers", {}).items():
-            self.schedulers[name].load_state_dict(sch_state)
 
 
 _REGISTRY: dict[str, type[Detector]] = {}

@@ -172,7 +172,6 @@ class BiGAN(Detector):
             "encoder_generator": torch.optim.Adam(generator_params, lr=lr, betas=self.betas),
             "discriminator": torch.optim.Adam(self.discriminator.parameters(), lr=lr, betas=self.betas),
         }
-        self.schedulers = {}
         self._total_steps = max(1, int(total_steps))
 
     def _noisy(self, image: torch.Tensor) -> torch.Tensor:

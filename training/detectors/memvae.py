@@ -179,7 +179,6 @@ class MemVAE(Detector):
     # -- training ------------------------------------------------------------------------------------
     def configure_optimizers(self, lr: float, total_steps: int) -> None:
         self.optimizers = {"vae": torch.optim.Adam(self.parameters(), lr=lr, weight_decay=self.weight_decay)}
-        self.schedulers = {}
 
     def training_step(self, batch: Batch) -> dict[str, float]:
         self.train()
