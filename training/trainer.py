@@ -112,6 +112,8 @@ def train(
 
     _seed_everything(config.seed)
     detector = _build_detector(config).to(device)
+    memory_format = torch.channels_last if detector.channels_last else torch.contiguous_format
+    detector.to(memory_format=memory_format)
 
     if config.crop_size is not None and not detector.uses_synthetic_anomalies:
         raise InspectorError(
@@ -215,7 +217,7 @@ def train(
                 sampler.set_epoch(epoch, skip=(step % steps_per_epoch) * batch_size)
                 for batch in _batches(train_loader, stop):
                     detector.set_progress(_progress(step, total_steps, time.monotonic() - started, time_limit))
-                    losses = detector.training_step(_to_device(batch, device))
+                    losses = detector.training_step(_to_device(batch, device, memory_format))
                     step += 1
                     if not all(math.isfinite(value) for value in losses.values()):
                         raise _Diverged(
@@ -457,11 +459,14 @@ def _first_cause(error: Exception) -> str:
     return last
 
 
-def _to_device(batch: dict, device: torch.device) -> dict:
-    return {
-        key: value.to(device, non_blocking=True) if isinstance(value, torch.Tensor) else value
-        for key, value in batch.items()
-    }
+def _to_device(
+    batch: dict, device: torch.device, memory_format: torch.memory_format = torch.contiguous_format
+) -> dict:
+    def move(value: torch.Tensor) -> torch.Tensor:
+        value = value.to(device, non_blocking=True)
+        return value.contiguous(memory_format=memory_format) if value.dim() == 4 else value
+
+    return {key: move(value) if isinstance(value, torch.Tensor) else value for key, value in batch.items()}
 
 
 @torch.no_grad()

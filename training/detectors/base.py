@@ -53,6 +53,9 @@ class Detector(nn.Module):
     #: forward takes the path their training takes, on the same inputs (see ``training/batchnorm.py``).
     #: A class default that an instance may change with its options.
     recompute_batchnorm: bool = False
+    #: Train in the channels-last memory layout: convolution-only networks train about 25 % faster on a
+    #: CPU in it (oneDNN's native layout); networks that ``view`` their features must keep the default.
+    channels_last: ClassVar[bool] = False
 
     def __init__(self, input_size: tuple[int, int], channels: int) -> None:
         super().__init__()

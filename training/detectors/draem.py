@@ -186,6 +186,7 @@ class DRAEM(Detector):
     name = "draem"
     uses_synthetic_anomalies = True
     recompute_batchnorm = True
+    channels_last = True
 
     def __init__(
         self,
