@@ -122,6 +122,29 @@ def quantile_threshold(normal_scores: Any, false_reject_rate: float) -> float:
     return float(np.partition(scores, rank - 1)[rank - 1])
 
 
+def promised_false_reject_rate(normal_count: int, false_reject_rate: float) -> float:
+    """The false-reject rate a quantile threshold from ``normal_count`` normal scores can promise: the
+    target, or ``1 / (n + 1)`` (the maximum's) when there are too few normals to resolve it."""
+    return max(float(false_reject_rate), 1.0 / (normal_count + 1))
+
+
+def normals_needed(false_reject_rate: float) -> int:
+    """How many normal calibration images resolve ``false_reject_rate`` (n with 1 / (n + 1) <= rate)."""
+    return int(np.ceil(1.0 / max(false_reject_rate, 1e-9) - 1.0 - 1e-9))
+
+
+def too_few_normals(normal_count: int, false_reject_rate: float) -> str | None:
+    """A one-line warning when ``normal_count`` normals cannot resolve the target rate, else None."""
+    promised = promised_false_reject_rate(normal_count, false_reject_rate)
+    if promised <= false_reject_rate:
+        return None
+    return (
+        f"{normal_count} normal calibration images cannot resolve a {false_reject_rate:.2%} false-reject "
+        f"rate: the threshold is their highest score, which promises {promised:.1%}; give "
+        f"{normals_needed(false_reject_rate)} or more (a larger data.val_fraction or more good images)"
+    )
+
+
 def calibrate(
     image_scores: Any,
     image_labels: Any,
@@ -193,6 +216,10 @@ def calibrate(
         image_threshold = quantile_threshold(scores[~anomalous], false_reject_rate)
         pixel_threshold = _quantile_pixel_threshold(maps, anomalous, pixel_false_positive_rate)
         target = float(false_reject_rate)
+        used["promised_false_reject_rate"] = promised_false_reject_rate(n_normal, false_reject_rate)
+        warning = too_few_normals(n_normal, false_reject_rate)
+        if warning:
+            used["warning"] = warning
 
     return Calibration(
         image_threshold=float(image_threshold),

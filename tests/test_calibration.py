@@ -110,7 +110,7 @@ def test_calibrating_with_normals_only_uses_the_false_reject_rate() -> None:
     calibration = calibrate(scores, labels, maps, false_reject_rate=0.01, pixel_false_positive_rate=0.001)
 
     assert calibration.method == "quantile" and calibration.target == 0.01
-    assert calibration.data == {"normal": 20, "anomalous": 0}
+    assert (calibration.data["normal"], calibration.data["anomalous"]) == (20, 0)
     # 20 normals cannot resolve a 1% rate: no normal image may be rejected
     assert calibration.image_threshold == scores.max()
     assert np.count_nonzero(maps > calibration.pixel_threshold) <= 0.001 * maps.size
@@ -174,3 +174,13 @@ def test_calibration_survives_a_save_and_load(tmp_path) -> None:
     np.testing.assert_array_equal(
         loaded.normalize_anomaly_maps(maps), calibration.normalize_anomaly_maps(maps)
     )
+
+
+def test_calibration_says_when_too_few_normals_cannot_promise_the_target_rate():
+    rng = np.random.default_rng(0)
+    few = calibrate(rng.random(20), np.zeros(20), rng.random((20, 4, 4)), false_reject_rate=0.01)
+    assert few.data["promised_false_reject_rate"] == pytest.approx(1 / 21)
+    assert "20 normal calibration images cannot resolve a 1.00% false-reject rate" in few.data["warning"]
+    assert "99 or more" in few.data["warning"]
+    enough = calibrate(rng.random(120), np.zeros(120), rng.random((120, 4, 4)), false_reject_rate=0.01)
+    assert enough.data["promised_false_reject_rate"] == 0.01 and "warning" not in enough.data

@@ -163,6 +163,8 @@ def evaluate_run(
             f"cannot calibrate {run_dir} on its {calibration_split} split: {error}"
         ) from None
     atomic_write_text(run_dir / "calibration.json", json.dumps(calibration.to_dict(), indent=2) + "\n")
+    if "warning" in calibration.data:
+        notes.append(calibration.data["warning"])
 
     # Test metrics at the calibrated thresholds.
     test_set = ImageDataset(splits.test, config.input_size, config.channels)
@@ -175,6 +177,7 @@ def evaluate_run(
             "calibration": {
                 "method": calibration.method,
                 "target": calibration.target,
+                "promised_false_reject_rate": calibration.data.get("promised_false_reject_rate"),
                 "split": calibration_split,
             },
             "images": {
