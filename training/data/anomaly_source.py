@@ -20,6 +20,8 @@ from inspector.preprocess import read_image, resize_image, to_uint8_rgb
 from inspector.training.data.mvtec import image_files
 from inspector.training.data.procedural import colourize, fractal_noise, smooth_noise, to_uint8
 
+from .gimp_pattern import is_pattern_name, read_gimp_pattern
+
 log = logging.getLogger(__name__)
 
 #: How many textures the fallback generates: enough variety, generated in about a second.
@@ -31,7 +33,8 @@ class AnomalySource:
     """Random access to anomaly textures, read from a folder of images searched recursively.
 
     Works with the DTD layout (``images/<class>/*.jpg``) as with a flat folder. Images are read when
-    sampled, so a large texture set costs no memory.
+    sampled, so a large texture set costs no memory. GIMP patterns (``.pat``) count as images, so GIMP's
+    pattern folder (``/usr/share/gimp/2.0/patterns``) works as a source too.
 
     Example:
         >>> source = AnomalySource("dtd/images")
@@ -44,7 +47,14 @@ class AnomalySource:
             raise InspectorError(
                 f"anomaly source {root} is not a folder; give a folder of texture images (e.g. DTD's images/)"
             )
-        paths = image_files(root, recursive=True)
+        patterns = [
+            p
+            for p in root.rglob("*")
+            if is_pattern_name(p)
+            and not any(part.startswith(".") for part in p.relative_to(root).parts)
+            and p.is_file()
+        ]
+        paths = sorted(image_files(root, recursive=True) + patterns)
         if not paths:
             raise InspectorError(
                 f"anomaly source {root} holds no images; give a folder of texture images (e.g. DTD's images/)"
@@ -70,7 +80,9 @@ class AnomalySource:
     def load(self, index: int) -> np.ndarray:
         """Texture ``index`` as RGB ``uint8`` ``[H, W, 3]`` at its own size."""
         item = self._items[index]
-        return item if isinstance(item, np.ndarray) else read_image(item)
+        if isinstance(item, np.ndarray):
+            return item
+        return read_gimp_pattern(item) if is_pattern_name(item) else read_image(item)
 
     def sample(self, rng: np.random.Generator, size: Sequence[int]) -> np.ndarray:
         """A random texture resized (whole, as DRAEM does) to ``size`` = (height, width): RGB ``uint8``."""
