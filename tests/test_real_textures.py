@@ -129,6 +129,8 @@ def test_dataset_has_the_mvtec_layout_binary_masks_and_balanced_strata(dataset):
         base = dataset / name
         assert len(list((base / "train" / "good").glob("*.png"))) == 3
         assert len(list((base / "test" / "good").glob("*.png"))) == 2
+        marker = json.loads((base / rt.MARKER).read_text())
+        assert marker["category"] == name and marker["dev"] is rt.category_by_name(name).dev
         records = json.loads((base / rt.DEFECTS_FILE).read_text())
         assert len(records) == 9 * len(DEFECT_KINDS)
         gray = rt.category_by_name(name).gray

@@ -18,7 +18,7 @@ Layout written (as MVTec AD), per category::
     <out>/<category>/test/<kind>/000.png
     <out>/<category>/ground_truth/<kind>/000_mask.png
     <out>/<category>/defects.json      test/<kind>/000.png -> {kind, size, contrast, area_px}
-    <out>/<category>/generated.json    the generator version and parameters (an old copy is replaced)
+    <out>/<category>/generated.json    generator version, parameters and ``dev`` (an old copy is replaced)
 
 Two categories are marked ``dev``: use them to choose settings and report only the others.
 
@@ -509,7 +509,9 @@ def generate_real_texture_dataset(
         parameters = {
             "generator": "real_textures",
             "generator_version": GENERATOR_VERSION,
-            "category": dataclasses.asdict(category),
+            "category": category.name,
+            "dev": category.dev,  # read by benchmarks to pick the reported categories
+            "settings": dataclasses.asdict(category),
             "textures": _fingerprint(paths),
             "size": int(size),
             "train_count": int(train_count),
