@@ -2,7 +2,7 @@
 
 ``train(config)`` reads the data, builds the detector, runs the optimisation loop with validation,
 checkpoints and a history, and finally scores the validation and test splits (``training.evaluate``).
-What it writes is the run directory of DESIGN.md::
+What it writes is the run directory of docs/architecture.md (section 3)::
 
     runs/<name>/config.yaml              the fully resolved configuration
     runs/<name>/checkpoints/last.pt      resumable, written atomically
