@@ -30,6 +30,8 @@ from inspector.training.data.dataset import ImageDataset
 from inspector.training.data.perlin import perlin_mask, rotate
 
 Augmenter = Callable[[np.ndarray, np.random.Generator], np.ndarray]
+#: Memory for decoded training images per dataset copy (each data-loader worker holds its own).
+IMAGE_CACHE_BYTES = 1 << 30
 
 
 def _gamma_per_channel(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -100,6 +102,9 @@ class SyntheticAnomalyDataset(Dataset):
         self.beta_max = beta_max
         self.crop_size = crop_size
         self.epoch = 0
+        # Decoded normal images at the input size, kept while they fit (decoding is most of an item's cost).
+        self._images: dict[int, np.ndarray] = {}
+        self._cached_bytes = 0
         self.augmenters = draem_augmenters()
 
     def set_epoch(self, epoch: int) -> None:
@@ -115,9 +120,18 @@ class SyntheticAnomalyDataset(Dataset):
             texture = self.augmenters[int(choice)](texture, rng)
         return texture
 
+    def _normal_image(self, index: int) -> np.ndarray:
+        image = self._images.get(index)
+        if image is None:
+            image = self.base.load_uint8(index)
+            if self._cached_bytes + image.nbytes <= IMAGE_CACHE_BYTES:
+                self._images[index] = image
+                self._cached_bytes += image.nbytes
+        return image
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
         rng = np.random.default_rng([self.seed, self.epoch, int(index)])
-        rgb = self.base.load_uint8(index)
+        rgb = self._normal_image(index)
         size = rgb.shape[:2]
         if rng.random() < self.rotate_probability:
             # Reflected borders keep the rotated image a plausible normal surface (no black corners).
