@@ -27,6 +27,7 @@ import torch
 from inspector.export.onnx_export import ScoringGraph
 from inspector.artifact import INPUT_NAME, MAP_OUTPUT, SCORE_OUTPUT
 from inspector.errors import InspectorError
+from inspector.io import list_images
 from inspector.preprocess import IMAGE_EXTENSIONS, prepare_batch, read_image
 from inspector.training.data.dataset import load_rgb
 from inspector.training.data.samples import Splits
@@ -261,7 +262,7 @@ def folder_images(
     folder = Path(folder)
     if not folder.is_dir():
         raise InspectorError(f"--parity-images {folder}: not a folder")
-    files = sorted(path for path in folder.rglob("*") if path.suffix.lower() in IMAGE_EXTENSIONS)[:count]
+    files = [path for _, path in list_images(folder, recursive=True)][:count]
     if not files:
         raise InspectorError(f"--parity-images {folder}: no images ({', '.join(IMAGE_EXTENSIONS)})")
     return prepare_batch(

@@ -30,11 +30,12 @@ from inspector.export.parity import (
     scoring_parity,
     split_images,
 )
-from inspector.export.writer import COMPONENT_METADATA_KEY, with_metadata, write_atomic
+from inspector.export.writer import COMPONENT_METADATA_KEY, with_metadata
 from inspector.artifact import METADATA_KEY, ModelMetadata
 from inspector.calibration import Calibration
 from inspector.config import TrainConfig
 from inspector.errors import InspectorError
+from inspector.io import atomic_write_bytes, check_writable_folder
 from inspector.training.detectors.base import Detector
 
 MODEL_FILE = "model.onnx"
@@ -92,6 +93,7 @@ def export_run(
     model_path = out_dir / MODEL_FILE
     if model_path.exists() and not force:
         raise InspectorError(f"{model_path} already exists; pass --force to replace it, or --out DIR")
+    check_writable_folder(out_dir, "export folder")  # before minutes of work, not after
 
     from inspector.training.checkpoint import load_detector
 
@@ -121,7 +123,9 @@ def export_run(
     metadata.extra = _extra(config, checkpoint, state, opset, checked.components, notes)
 
     component_paths = _write_components(out_dir, checked.components, config.detector, opset, force)
-    write_atomic(model_path, with_metadata(checked.model.onnx_bytes, {METADATA_KEY: metadata.to_json()}))
+    atomic_write_bytes(
+        model_path, with_metadata(checked.model.onnx_bytes, {METADATA_KEY: metadata.to_json()})
+    )
     log(f"wrote {model_path} ({model_path.stat().st_size / 1e6:.2f} MB, opset {opset})")
     for path in component_paths:
         log(f"wrote {path}")
@@ -239,7 +243,7 @@ def _write_components(
         data = with_metadata(
             graph.onnx_bytes, {COMPONENT_METADATA_KEY: json.dumps(description, sort_keys=True)}
         )
-        written.append(write_atomic(folder / f"{graph.name}.onnx", data))
+        written.append(atomic_write_bytes(folder / f"{graph.name}.onnx", data))
     if force and folder.is_dir():
         # Components of a previously exported model must not sit next to the new model.
         for stale in folder.glob("*.onnx"):

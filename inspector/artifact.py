@@ -7,6 +7,8 @@ defines that object, builds it from a calibration and validates it when a model 
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -20,6 +22,10 @@ SCHEMA_VERSION = 1
 INPUT_NAME = "image"
 SCORE_OUTPUT = "score"
 MAP_OUTPUT = "anomaly_map"
+#: The smallest and largest model input side (pixels) a config or a model file may declare.
+INPUT_SIDE_LIMITS = (8, 8192)
+#: What a user who has no model file yet should do.
+MODEL_HINT = "export one with `inspector export RUN_DIR --onnx`"
 
 _REQUIRED = (
     "schema",
@@ -125,7 +131,8 @@ class ModelMetadata:
         """Parse and validate the ``inspector`` metadata of a model file.
 
         Raises:
-            ArtifactError: no metadata, not JSON, fields missing, or a schema this version cannot read.
+            ArtifactError: no metadata, not JSON, a schema this version cannot read, or a field missing, of
+                the wrong type or out of range (a NaN threshold, an input size given as text...).
         """
         if not text:
             raise ArtifactError(
@@ -133,12 +140,12 @@ class ModelMetadata:
             )
         try:
             values = json.loads(text)
-        except json.JSONDecodeError as error:
+        except (json.JSONDecodeError, RecursionError) as error:
             raise ArtifactError(f"{source}: '{METADATA_KEY}' metadata is not valid JSON ({error})") from None
         if not isinstance(values, dict):
             raise ArtifactError(f"{source}: '{METADATA_KEY}' metadata must be a JSON object")
         schema = values.get("schema")
-        if schema != SCHEMA_VERSION:
+        if schema != SCHEMA_VERSION or isinstance(schema, bool):
             raise ArtifactError(
                 f"{source}: metadata schema {schema!r} is not supported by inspector {__version__} "
                 f"(reads schema {SCHEMA_VERSION}); re-export the model with this version"
@@ -146,10 +153,82 @@ class ModelMetadata:
         missing = [name for name in _REQUIRED if name not in values]
         if missing:
             raise ArtifactError(f"{source}: metadata lacks {', '.join(missing)}; re-export the model")
+        _check_fields(values, source)
         known = {name: values[name] for name in cls.__dataclass_fields__ if name in values}
-        metadata = cls(**known)
-        if len(metadata.input_size) != 2 or metadata.channels not in (1, 3):
-            raise ArtifactError(
-                f"{source}: metadata input_size {metadata.input_size} / channels {metadata.channels} are invalid"
-            )
-        return metadata
+        return cls(**known)
+
+
+def check_input_shape(shape: Sequence[object], metadata: ModelMetadata, source: str = "model") -> None:
+    """The graph's ``image`` input ``[N, C, H, W]`` must agree with the metadata where its sizes are fixed.
+
+    Raises:
+        ArtifactError: another rank, or a fixed channel count, height or width other than the metadata's.
+    """
+    expected = [metadata.channels, *metadata.input_size]
+    fixed = list(shape[1:])
+    if len(shape) != 4 or any(isinstance(dim, int) and dim != want for dim, want in zip(fixed, expected)):
+        dims = ", ".join(str(dim) if isinstance(dim, int) else "?" for dim in shape)
+        raise ArtifactError(
+            f"{source}: the graph's input '{INPUT_NAME}' is [{dims}] but its metadata says "
+            f"[N, {expected[0]}, {expected[1]}, {expected[2]}]; re-export the model"
+        )
+
+
+def _check_fields(values: dict[str, Any], source: str) -> None:
+    """Each metadata field's type and range, so a broken file fails at load with the field's name."""
+
+    def fail(name: str, wanted: str) -> None:
+        shown = json.dumps(values[name])
+        shown = shown if len(shown) <= 60 else shown[:57] + "..."
+        raise ArtifactError(
+            f"{source}: metadata field '{name}' must be {wanted}, got {shown}; re-export the model"
+        )
+
+    def number(value: Any) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    def pair(value: Any) -> bool:
+        return (
+            isinstance(value, list)
+            and len(value) == 2
+            and all(number(v) for v in value)
+            and value[0] <= value[1]
+        )
+
+    low, high = INPUT_SIDE_LIMITS
+    if not isinstance(values["detector"], str) or not values["detector"]:
+        fail("detector", "a non-empty string")
+    size = values["input_size"]
+    if not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and low <= v <= high for v in size)
+    ):
+        fail("input_size", f"[height, width], integers from {low} to {high}")
+    if values["channels"] not in (1, 3) or isinstance(values["channels"], bool):
+        fail("channels", "1 or 3")
+    for name in ("image_threshold", "pixel_threshold"):
+        if not number(values[name]):
+            fail(name, "a finite number")
+    normalization = values["normalization"]
+    if not (
+        isinstance(normalization, dict) and all(pair(normalization.get(key)) for key in ("image", "pixel"))
+    ):
+        fail("normalization", '{"image": [min, max], "pixel": [min, max]} of finite numbers, min <= max')
+    calibration = values["calibration"]
+    if not (isinstance(calibration, dict) and isinstance(calibration.get("method"), str)):
+        fail("calibration", 'an object with a "method"')
+    if not (calibration.get("target") is None or number(calibration["target"])):
+        fail("calibration", 'an object whose "target" is a finite number or null')
+    if not isinstance(calibration.get("data", {}), (dict, type(None))):
+        fail("calibration", 'an object whose "data" is an object')
+    for name in ("trained_on",):
+        if not isinstance(values[name], dict):
+            fail(name, "an object")
+    for name in ("created", "inspector_version"):
+        if not isinstance(values[name], str):
+            fail(name, "a string")
+    if values.get("parity") is not None and not isinstance(values["parity"], dict):
+        fail("parity", "an object or null")
+    if "extra" in values and not isinstance(values["extra"], dict):
+        fail("extra", "an object")

@@ -16,14 +16,22 @@ DISTRIBUTION = "inspector-vision"
 
 
 class InspectorGroup(click.Group):
-    """Turns :class:`InspectorError` (and a missing training extra) into one line on stderr and exit
-    code 2, with no traceback."""
+    """Turns :class:`InspectorError`, a file-system error (a full disk, a read-only folder, a file where a
+    folder should be) and a missing training extra into one line on stderr and exit code 2, with no
+    traceback."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except InspectorError as error:
-            click.echo(f"error: {error}", err=True)
+            click.echo(f"error: {_one_line(str(error))}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except OSError as error:
+            if error.errno is None:
+                raise
+            from inspector.io import os_error_text
+
+            click.echo(f"error: {os_error_text(error)}", err=True)
             ctx.exit(EXIT_USAGE)
         except ModuleNotFoundError as error:
             if (error.name or "").split(".")[0] not in TRAINING_EXTRA_MODULES:
@@ -46,6 +54,10 @@ def cli() -> None:
     Try it with no data of your own: `inspector demo`.
     """
     quiet_opencv()
+
+
+def _one_line(text: str) -> str:
+    return " ".join(line.strip() for line in text.splitlines()) or text
 
 
 def quiet_opencv() -> None:

@@ -13,49 +13,75 @@ import cv2
 import numpy as np
 
 from inspector.errors import ImageReadError
+from inspector.imagesize import declared_size
+from inspector.io import IMAGE_EXTENSIONS, is_image_name  # noqa: F401 - part of the preprocessing vocabulary
+from inspector.io import NotRegularFileError, display_path, read_regular_file
 
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".pgm", ".ppm", ".pbm", ".jp2")
+#: Images declaring more pixels than this are refused before decoding (``--max-megapixels`` changes it):
+#: a few dozen bytes can declare gigapixels, which the decoder would allocate.
+DEFAULT_MAX_PIXELS = 100_000_000
 
 
-def is_image_name(path: str | Path) -> bool:
-    """True when the file name has an image extension (the file itself may still be unreadable)."""
-    return Path(path).suffix.lower() in IMAGE_EXTENSIONS
-
-
-def decode_image(data: bytes | np.ndarray, source: str = "<bytes>") -> np.ndarray:
+def decode_image(
+    data: bytes | np.ndarray, source: str = "<bytes>", max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> np.ndarray:
     """Decode encoded image bytes into an RGB ``uint8`` array of shape ``[H, W, 3]``.
 
     Grayscale, palette and RGBA images become RGB (alpha is dropped), 16-bit images are scaled to 8 bits,
-    and the EXIF orientation of JPEGs is applied.
+    and the EXIF orientation of JPEGs is applied. The size the header declares is checked against
+    ``max_pixels`` (None: no limit) before anything is decoded.
 
     Raises:
-        ImageReadError: the bytes are empty or not a decodable image.
+        ImageReadError: the bytes are empty, not an image format we know, declare more than ``max_pixels``
+            pixels, or do not decode.
     """
     buffer = np.frombuffer(data, dtype=np.uint8) if isinstance(data, (bytes, bytearray)) else data
+    buffer = np.ascontiguousarray(buffer, dtype=np.uint8).reshape(-1)
     if buffer.size == 0:
         raise ImageReadError(f"{source}: empty file (0 bytes)")
+    header = declared_size(memoryview(buffer))
+    if header is None:
+        raise ImageReadError(f"{source}: not a decodable image (not an image format inspector reads)")
+    if header.pixels is None:
+        raise ImageReadError(f"{source}: not a decodable image ({header.format} header truncated or corrupt)")
+    if max_pixels is not None and header.pixels > max_pixels:
+        raise ImageReadError(
+            f"{source}: {header.format} of {header.width}x{header.height} = {header.pixels / 1e6:.1f} megapixels "
+            f"exceeds the limit of {max_pixels / 1e6:g} (--max-megapixels); not decoded"
+        )
     # IMREAD_COLOR applies the EXIF orientation and turns gray/palette/alpha into 3 channels;
     # IMREAD_ANYDEPTH keeps 16-bit data so that it is scaled here rather than truncated.
-    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    try:
+        image = cv2.imdecode(buffer, cv2.IMREAD_COLOR | cv2.IMREAD_ANYDEPTH)
+    except cv2.error as error:
+        raise ImageReadError(f"{source}: not a decodable image ({_first_line(error)})") from None
     if image is None:
         raise ImageReadError(f"{source}: not a decodable image (truncated, corrupt or unsupported format)")
     return to_uint8_rgb(image, bgr=True)
 
 
-def read_image(path: str | Path) -> np.ndarray:
+def read_image(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
     """Read an image file as RGB ``uint8`` ``[H, W, 3]`` (non-ASCII paths work on every platform).
 
+    Only regular files are read (links followed): a directory, FIFO or device is refused without blocking.
+
     Raises:
-        ImageReadError: the path is missing, a directory, empty or not a decodable image.
+        ImageReadError: the path is missing, not a regular file, empty, too large (``max_pixels``) or not a
+            decodable image; the message names the file and the reason.
     """
-    path = Path(path)
-    if path.is_dir():
-        raise ImageReadError(f"{path}: is a directory, not an image")
+    source = display_path(path)
     try:
-        data = np.fromfile(str(path), dtype=np.uint8)
+        data = read_regular_file(path)
+    except NotRegularFileError as error:
+        raise ImageReadError(str(error)) from None
     except OSError as error:
-        raise ImageReadError(f"{path}: cannot be read ({error.strerror or error})") from None
-    return decode_image(data, source=str(path))
+        raise ImageReadError(f"{source}: cannot be read ({error.strerror or error})") from None
+    return decode_image(data, source=source, max_pixels=max_pixels)
+
+
+def _first_line(error: Exception) -> str:
+    lines = [line.strip() for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def to_uint8_rgb(image: np.ndarray, bgr: bool = False) -> np.ndarray:

@@ -18,8 +18,9 @@ from typing import Any
 import cv2
 import numpy as np
 
+from inspector.io import list_images
 from inspector.preprocess import read_image
-from inspector.runtime.folder import DEFAULT_BATCH_SIZE, inspect_folder, list_images
+from inspector.runtime.folder import DEFAULT_BATCH_SIZE, inspect_folder
 from inspector.runtime.scoring import Scorer
 from inspector.runtime.session import physical_cores
 

@@ -9,7 +9,6 @@ The main thread writes the records in file order, one flushed line per image.
 from __future__ import annotations
 
 import json
-import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +20,8 @@ from typing import Any
 import numpy as np
 
 from inspector.errors import ImageReadError, InspectorError
-from inspector.preprocess import IMAGE_EXTENSIONS, is_image_name, read_image
+from inspector.io import FolderLock, atomic_write_text, display_path, is_inside, list_images, os_error_text
+from inspector.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_image
 from inspector.runtime.overlay import render_mask, render_overlay, write_image
 from inspector.runtime.report import Report
 from inspector.runtime.scoring import Scorer
@@ -29,6 +29,8 @@ from inspector.runtime.session import physical_cores
 
 SAVE_CHOICES = ("all", "anomalous", "none")
 SUMMARY_NAME = "summary.json"
+OVERLAYS_DIR = "overlays"
+MASKS_DIR = "masks"
 DEFAULT_BATCH_SIZE = 8
 SLOWEST_LISTED = 5
 
@@ -40,37 +42,6 @@ class _Item:
     image: np.ndarray | None = None
     error: str | None = None
     seconds: float = 0.0  # this image's decode, preprocessing, share of its batch's inference, drawing
-
-
-def list_images(
-    folder: str | Path, recursive: bool = False, exclude: Path | None = None
-) -> list[tuple[str, Path]]:
-    """The image-named entries under ``folder`` as (report key, path), sorted; a file is its own list.
-
-    Non-recursively, a directory named like an image is listed too (the report then says it is a directory);
-    recursively it is walked into. ``exclude`` (the output folder) is never walked.
-    """
-    folder = Path(folder)
-    if folder.is_file():
-        return [(folder.name, folder)]
-    if not folder.is_dir():
-        raise InspectorError(f"{folder}: no such folder or image file")
-    exclude = exclude.resolve() if exclude is not None else None
-    found: list[tuple[str, Path]] = []
-    if not recursive:
-        for entry in sorted(folder.iterdir()):
-            if is_image_name(entry.name):
-                found.append((entry.name, entry))
-        return found
-    for root, dirs, files in os.walk(folder):
-        root_path = Path(root)
-        dirs[:] = sorted(d for d in dirs if exclude is None or (root_path / d).resolve() != exclude)
-        for name in sorted(files):
-            if is_image_name(name):
-                path = root_path / name
-                found.append((path.relative_to(folder).as_posix(), path))
-    found.sort(key=lambda pair: pair[0])
-    return found
 
 
 def inspect_folder(
@@ -85,6 +56,7 @@ def inspect_folder(
     force: bool = False,
     batch_size: int = DEFAULT_BATCH_SIZE,
     workers: int = 0,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     on_total: Callable[[int], None] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
@@ -92,13 +64,16 @@ def inspect_folder(
     ``summary.json`` into ``out_dir``. Returns the summary.
 
     ``save`` chooses which overlays are written (all, anomalous, none); ``save_masks`` also writes the
-    plain defect masks. ``resume`` skips images already in the report. Unreadable files are reported
-    with their reason and the run goes on. ``on_total`` gets the number of images to score, ``on_record``
-    each record as it is written (for a progress bar).
+    plain defect masks. ``resume`` skips images already in the report. Unreadable files (not decodable,
+    not regular files, declaring more than ``max_pixels`` pixels) are reported with their reason and the
+    run goes on. What the run writes is never read as input, wherever ``out_dir`` is; ``out_dir`` is locked
+    for the run. ``on_total`` gets the number of images to score, ``on_record`` each record as it is written
+    (for a progress bar).
 
     Raises:
-        InspectorError: the folder is missing or holds no image-named files, or a report exists and neither
-            ``resume`` nor ``force`` is given.
+        InspectorError: the folder is missing or holds no image-named files, a report exists and neither
+            ``resume`` nor ``force`` is given, another run writes into ``out_dir``, or a file cannot be
+            written (full disk, read-only folder); the records written so far stay in the report.
         KeyboardInterrupt: after writing what was finished and a summary marked ``interrupted``.
     """
     if save not in SAVE_CHOICES:
@@ -107,41 +82,100 @@ def inspect_folder(
         raise InspectorError("--batch-size must be at least 1 and --workers at least 0 (0: one per core)")
     workers = workers or physical_cores()
     folder, out_dir = Path(folder), Path(out_dir)
-    images = list_images(folder, recursive, exclude=out_dir)
+    images = list_images(folder, recursive, exclude=_written_folders(folder, out_dir))
     if not images:
         hint = "" if recursive else " (add --recursive to look in sub-folders)"
         raise InspectorError(
-            f"{folder}: no image files found{hint}; image files end in {', '.join(IMAGE_EXTENSIONS)}"
+            f"{display_path(folder)}: no image files found{hint}; image files end in {', '.join(IMAGE_EXTENSIONS)}"
         )
+    with FolderLock(out_dir):
+        return _inspect(
+            folder,
+            images,
+            scorer,
+            out_dir,
+            save,
+            save_masks,
+            resume,
+            force,
+            batch_size,
+            workers,
+            max_pixels,
+            on_total,
+            on_record,
+        )
+
+
+def _written_folders(folder: Path, out_dir: Path) -> list[Path]:
+    """The folders a run into ``out_dir`` writes, which are never read as input: its overlays and masks,
+    and ``out_dir`` itself unless it is the folder being inspected."""
+    written = [out_dir / OVERLAYS_DIR, out_dir / MASKS_DIR]
+    if is_inside(folder, written):
+        raise InspectorError(
+            f"{display_path(folder)} is where a run into --out {display_path(out_dir)} writes its overlays or "
+            "masks; inspect the original images, or choose another --out"
+        )
+    return written if is_inside(folder, [out_dir]) else [*written, out_dir]
+
+
+def _inspect(
+    folder: Path,
+    images: list[tuple[str, Path]],
+    scorer: Scorer,
+    out_dir: Path,
+    save: str,
+    save_masks: bool,
+    resume: bool,
+    force: bool,
+    batch_size: int,
+    workers: int,
+    max_pixels: int | None,
+    on_total: Callable[[int], None] | None,
+    on_record: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
     report = Report(out_dir, resume=resume, force=force)
     todo = [(key, path) for key, path in images if key not in report.previous]
     if on_total:
         on_total(len(todo))
     records = list(report.previous.values())
-    run = _Run(scorer, out_dir, save, save_masks)
+    run = _Run(scorer, out_dir, save, save_masks, max_pixels)
     started = time.perf_counter()
-    interrupted = False
+    failure: BaseException | None = None
     try:
         _pipeline(todo, run, report, records, batch_size, workers, on_record)
-    except KeyboardInterrupt:
-        interrupted = True
-        raise
-    finally:
-        report.close()
-        summary = _summary(
-            folder,
-            out_dir,
-            scorer,
-            records,
-            len(images),
-            len(report.previous),
-            run,
-            time.perf_counter() - started,
-            batch_size,
-            workers,
-            interrupted,
+    except OSError as error:
+        failure = InspectorError(
+            f"cannot write {os_error_text(error)}; the {len(records)} images reported so far are in "
+            f"{display_path(report.csv_path)}: fix this, then continue with --resume"
         )
-        _write_json(out_dir / SUMMARY_NAME, summary)
+    except BaseException as error:  # noqa: BLE001 - Ctrl-C or a bug: re-raised once the report is closed
+        failure = error
+    closed = report.close()
+    if closed is not None and failure is None:
+        failure = InspectorError(f"cannot write {os_error_text(closed)}; the report may lack its last lines")
+    summary = _summary(
+        folder,
+        out_dir,
+        scorer,
+        records,
+        len(images),
+        len(report.previous),
+        run,
+        time.perf_counter() - started,
+        batch_size,
+        workers,
+        failure,
+    )
+    try:
+        atomic_write_text(out_dir / SUMMARY_NAME, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    except OSError as error:
+        if failure is None:
+            failure = InspectorError(
+                f"cannot write {os_error_text(error)}; the report of all {len(records)} images is in "
+                f"{display_path(report.csv_path)}"
+            )
+    if failure is not None:
+        raise failure from None
     return summary
 
 
@@ -151,6 +185,7 @@ class _Run:
     out_dir: Path
     save: str
     save_masks: bool
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
     processed: int = 0
     model_seconds: float = 0.0
 
@@ -186,9 +221,9 @@ def _pipeline(
                 pending.append(pool.submit(_process, chunks[next_chunk], run))
                 next_chunk += 1
             write_batch(pending.popleft())
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, OSError):
         pool.shutdown(wait=True, cancel_futures=True)
-        # Keep the batches that were finished before the interruption, in order.
+        # Keep the batches that were finished before the interruption or the failed write, in order.
         while pending and not pending[0].cancelled() and pending[0].exception() is None:
             write_batch(pending.popleft())
         raise
@@ -199,7 +234,7 @@ def _pipeline(
 def _process(chunk: Sequence[tuple[str, Path]], run: _Run) -> tuple[list[dict[str, Any]], float]:
     """One batch from files to report records on one worker thread: decode, preprocess, run the model,
     find regions, draw overlays. Returns the records in file order and the model's seconds."""
-    items = [_read(key, path) for key, path in chunk]
+    items = [_read(key, path, run.max_pixels) for key, path in chunk]
     readable = [item for item in items if item.image is not None]
     model_seconds = 0.0
     outputs: Iterator[tuple[float, np.ndarray]] = iter(())
@@ -220,14 +255,16 @@ def _process(chunk: Sequence[tuple[str, Path]], run: _Run) -> tuple[list[dict[st
     return records, model_seconds
 
 
-def _read(key: str, path: Path) -> _Item:
+def _read(key: str, path: Path, max_pixels: int | None) -> _Item:
     started = time.perf_counter()
     item = _Item(key, path)
     try:
-        item.image = read_image(path)
+        item.image = read_image(path, max_pixels)
     except ImageReadError as error:
         item.error = _reason(error, path)
-    except (OSError, MemoryError) as error:  # a file that vanished, a permission problem, a huge image
+    except MemoryError:
+        item.error = "cannot be read (not enough memory to decode it)"
+    except Exception as error:  # noqa: BLE001 - no file, however broken, may stop the run
         item.error = f"cannot be read ({type(error).__name__}: {error})"
     item.seconds = time.perf_counter() - started
     return item
@@ -240,10 +277,10 @@ def _finish(item: _Item, raw_score: float, raw_map: np.ndarray, run: _Run) -> di
     inspection = run.scorer.finish(image.shape, raw_score, raw_map)
     overlay_name = mask_name = None
     if run.save == "all" or (run.save == "anomalous" and inspection.anomalous):
-        overlay_name = f"overlays/{item.key}.jpg"
+        overlay_name = f"{OVERLAYS_DIR}/{item.key}.jpg"
         write_image(run.out_dir / overlay_name, render_overlay(image, inspection))
     if run.save_masks:
-        mask_name = f"masks/{item.key}.png"
+        mask_name = f"{MASKS_DIR}/{item.key}.png"
         write_image(run.out_dir / mask_name, render_mask(inspection))
     item.image = None  # release the decoded image as soon as possible
     item.seconds += time.perf_counter() - started
@@ -283,8 +320,7 @@ def _unreadable_record(item: _Item) -> dict[str, Any]:
 def _reason(error: Exception, path: Path) -> str:
     # The error names the file; the report row already does, so keep only the reason.
     text = str(error)
-    prefix = f"{path}: "
-    return text.removeprefix(prefix)
+    return text.removeprefix(f"{display_path(path)}: ")
 
 
 def _summary(
@@ -298,17 +334,17 @@ def _summary(
     seconds: float,
     batch_size: int,
     workers: int,
-    interrupted: bool,
+    failure: BaseException | None,
 ) -> dict[str, Any]:
     scored = [r for r in records if r["status"] == "ok"]
     anomalous = sum(1 for r in scored if r["label"] == "anomalous")
     this_run = records[resumed:]
     slowest = sorted((r for r in this_run if r["status"] == "ok"), key=lambda r: r["time_ms"], reverse=True)
     return {
-        "folder": str(folder),
-        "model": str(scorer.session.path),
+        "folder": display_path(folder),
+        "model": display_path(scorer.session.path),
         "providers": scorer.session.providers,
-        "out": str(out_dir),
+        "out": display_path(out_dir),
         "images": listed,
         "reported": len(records),
         "scored": len(scored),
@@ -316,7 +352,8 @@ def _summary(
         "normal": len(scored) - anomalous,
         "unreadable": len(records) - len(scored),
         "resumed": resumed,
-        "interrupted": interrupted,
+        "interrupted": isinstance(failure, KeyboardInterrupt),
+        "error": str(failure) if isinstance(failure, InspectorError) else None,
         "image_threshold": scorer.image_threshold,
         "pixel_threshold": scorer.pixel_threshold,
         "batch_size": batch_size,
@@ -329,9 +366,3 @@ def _summary(
         },
         "slowest": [{"path": r["path"], "time_ms": r["time_ms"]} for r in slowest[:SLOWEST_LISTED]],
     }
-
-
-def _write_json(path: Path, values: dict[str, Any]) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    temporary.write_text(json.dumps(values, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, path)

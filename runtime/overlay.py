@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from contextlib import suppress
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from inspector.errors import InspectorError
+from inspector.io import display_path
 from inspector.runtime.scoring import Inspection
 
 COLORMAP = cv2.COLORMAP_INFERNO  # perceptually uniform and readable in grayscale, unlike JET
@@ -79,11 +81,24 @@ def render_mask(inspection: Inspection) -> np.ndarray:
 
 
 def write_image(path: str | Path, image: np.ndarray, quality: int = 90) -> None:
-    """Write an image by extension (.jpg/.png); works with non-ASCII paths on every platform."""
+    """Write an image by extension (.jpg/.png); works with non-ASCII paths on every platform.
+
+    Raises:
+        OSError: naming ``path`` (a full disk, a read-only folder); a partly written file is removed.
+    """
     path = Path(path)
     params = [cv2.IMWRITE_JPEG_QUALITY, quality] if path.suffix.lower() in (".jpg", ".jpeg") else []
     ok, encoded = cv2.imencode(path.suffix, image, params)
     if not ok:
-        raise InspectorError(f"{path}: cannot encode an image of this type")
+        raise InspectorError(f"{display_path(path)}: cannot encode an image of this type")
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(encoded.tobytes())
+    opened = False
+    try:
+        with open(path, "wb") as handle:
+            opened = True
+            handle.write(encoded.tobytes())
+    except OSError as error:
+        if opened:
+            with suppress(OSError):
+                path.unlink()
+        raise OSError(error.errno, error.strerror, str(path)) from error

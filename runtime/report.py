@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from inspector.errors import InspectorError
+from inspector.io import atomic_write_text, display_path
 
 CSV_NAME = "report.csv"
 JSONL_NAME = "report.jsonl"
@@ -47,14 +48,14 @@ class Report:
         exists = self.jsonl_path.exists() or self.csv_path.exists()
         if exists and not (resume or force):
             raise InspectorError(
-                f"{self.out_dir}: a report is already there; use --resume to continue it or --force to start over"
+                f"{display_path(self.out_dir)}: a report is already there; use --resume to continue it or "
+                "--force to start over"
             )
-        self.out_dir.mkdir(parents=True, exist_ok=True)
         if resume and self.jsonl_path.exists():
             self.previous = {record["path"]: record for record in read_records(self.jsonl_path)}
         # Rewriting from the intact records repairs a torn line and brings the CSV in step with the JSONL.
-        _write_atomically(self.jsonl_path, "".join(_jsonl_line(r) for r in self.previous.values()))
-        _write_atomically(
+        atomic_write_text(self.jsonl_path, "".join(_jsonl_line(r) for r in self.previous.values()))
+        atomic_write_text(
             self.csv_path, _csv_lines([_csv_row(None)] + [_csv_row(r) for r in self.previous.values()])
         )
         # Held open for the whole run (closed by close()): one flushed append per image.
@@ -62,18 +63,35 @@ class Report:
         self._csv = open(self.csv_path, "a", encoding="utf-8", newline="")  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one image's record to both files and flush them."""
-        self._csv.write(_csv_lines([_csv_row(record)]))
-        self._jsonl.write(_jsonl_line(record))
-        self._csv.flush()
-        self._jsonl.flush()
+        """Append one image's record to both files and flush them.
 
-    def close(self) -> None:
+        Raises:
+            OSError: naming the report file (a full disk, an I/O error).
+        """
+        for handle, text in ((self._csv, _csv_lines([_csv_row(record)])), (self._jsonl, _jsonl_line(record))):
+            try:
+                handle.write(text)
+                handle.flush()
+            except OSError as error:
+                raise OSError(error.errno, error.strerror, handle.name) from error
+
+    def close(self) -> OSError | None:
+        """Flush and close both files; returns the first error instead of raising it (the caller may be
+        reporting an earlier one)."""
+        first: OSError | None = None
         for handle in (self._csv, self._jsonl):
-            if not handle.closed:
+            if handle.closed:
+                continue
+            try:
                 handle.flush()
                 os.fsync(handle.fileno())
+            except OSError as error:
+                first = first or OSError(error.errno, error.strerror, handle.name)
+            try:
                 handle.close()
+            except OSError as error:  # the buffer could not be written: drop it, the file stays as it was
+                first = first or OSError(error.errno, error.strerror, handle.name)
+        return first
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:
@@ -108,12 +126,3 @@ def _csv_lines(rows: Iterable[list[Any]]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue()
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(path.name + ".tmp")
-    with open(temporary, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)

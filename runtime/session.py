@@ -12,9 +12,18 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from inspector.artifact import INPUT_NAME, MAP_OUTPUT, METADATA_KEY, SCORE_OUTPUT, ModelMetadata
+from inspector.artifact import (
+    INPUT_NAME,
+    MAP_OUTPUT,
+    METADATA_KEY,
+    MODEL_HINT,
+    SCORE_OUTPUT,
+    ModelMetadata,
+    check_input_shape,
+)
 from inspector.calibration import Calibration
 from inspector.errors import ArtifactError, InspectorError
+from inspector.io import check_regular_file
 
 log = logging.getLogger("inspector.runtime")
 
@@ -138,17 +147,13 @@ def load_model(
     receives the one-line fallback warning (default: the ``inspector.runtime`` logger).
 
     Raises:
-        InspectorError: the file is missing or not an ONNX model, or the device is unavailable with
-            ``strict_device``.
-        ArtifactError: the model lacks the ``inspector`` metadata, has an unknown schema, or its inputs and
-            outputs do not follow the artifact contract.
+        InspectorError: the file is missing, not a regular file or not an ONNX model, or the device is
+            unavailable with ``strict_device``.
+        ArtifactError: the model lacks the ``inspector`` metadata, has an unknown schema or a field out of
+            range, or its inputs and outputs do not follow the artifact contract (and its metadata).
     """
-    path = Path(path)
+    path = check_regular_file(path, "model file", MODEL_HINT)
     warn = warn or _warn
-    if not path.is_file():
-        raise InspectorError(
-            f"{path}: model file not found; export one with `inspector export RUN_DIR --onnx`"
-        )
     providers, warning = choose_providers(device, ort.get_available_providers(), strict_device)
     if warning:
         warn(warning)
@@ -217,8 +222,8 @@ def _check_signature(session: ort.InferenceSession, metadata: ModelMetadata, pat
     missing = [name for name in (SCORE_OUTPUT, MAP_OUTPUT) if name not in outputs]
     if missing:
         raise ArtifactError(f"{path}: the model lacks the output(s) {', '.join(missing)}; re-export it")
-    shape = inputs[INPUT_NAME].shape
-    if len(shape) == 4 and isinstance(shape[1], int) and shape[1] != metadata.channels:
+    if inputs[INPUT_NAME].type != "tensor(float)":
         raise ArtifactError(
-            f"{path}: the model input has {shape[1]} channels but its metadata says {metadata.channels}"
+            f"{path}: the model input '{INPUT_NAME}' is {inputs[INPUT_NAME].type}, not float32"
         )
+    check_input_shape(inputs[INPUT_NAME].shape, metadata, str(path))

@@ -9,6 +9,7 @@ reopened with backoff. Otherwise every frame is handed over and the end of the f
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -19,9 +20,16 @@ import cv2
 import numpy as np
 
 from inspector.errors import ImageReadError, InspectorError
-from inspector.preprocess import is_image_name, read_image, to_uint8_rgb
+from inspector.io import display_path, is_image_name, list_images
+from inspector.preprocess import DEFAULT_MAX_PIXELS, read_image, to_uint8_rgb
 
 log = logging.getLogger("inspector.runtime")
+
+# FFmpeg prints its own lines ("[tcp @ 0x...] Connection refused") straight to the process's stderr; a
+# source that cannot be opened gets our one-line message instead. OpenCV reads this when it first uses
+# FFmpeg; a user who sets either variable keeps FFmpeg's logging.
+if not ({"OPENCV_FFMPEG_LOGLEVEL", "OPENCV_FFMPEG_DEBUG"} & set(os.environ)):
+    os.environ["OPENCV_FFMPEG_LOGLEVEL"] = "-8"  # AV_LOG_QUIET
 
 STREAM_TIMEOUT_MS = 5000  # a stalled network stream is noticed (and reopened) after this long
 FIRST_BACKOFF_S = 0.5
@@ -106,12 +114,21 @@ class CaptureSource(Source):
 
 
 class FolderSource(Source):
-    """The images of a folder (or one image file) in name order, as frames; unreadable ones are skipped."""
+    """The images of a folder (or one image file) in name order, as frames; unreadable ones (corrupt, not
+    regular files, more than ``max_pixels`` pixels) are skipped with a warning."""
 
-    def __init__(self, paths: list[Path], name: str, fps: float | None = None):
+    def __init__(
+        self,
+        paths: list[Path],
+        name: str,
+        fps: float | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ):
         self.paths = paths
         self.name = name
         self.fps = fps
+        self.max_pixels = max_pixels
+        self.skipped = 0
         self._next = 0
 
     def open(self) -> None:
@@ -124,15 +141,22 @@ class FolderSource(Source):
             path = self.paths[self._next]
             self._next += 1
             try:
-                return read_image(path)
+                return read_image(path, self.max_pixels)
             except ImageReadError as error:
-                log.warning("skipped %s", error)
+                reason = str(error)
+            except Exception as error:  # noqa: BLE001 - no file, however broken, may end the source
+                reason = f"{display_path(path)}: cannot be read ({type(error).__name__}: {error})"
+            self.skipped += 1
+            log.warning("skipped %s", reason)
         return None
 
 
-def open_source(spec: str | int, fps: float | None = None) -> Source:
+def open_source(
+    spec: str | int, fps: float | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> Source:
     """Build the source a user named: a camera index (``0``), a URL (``rtsp://…``, ``http://…``), a folder
-    of images, an image file or a video file. ``fps`` paces folders played in real time.
+    of images, an image file or a video file. ``fps`` paces folders played in real time; images of a
+    folder declaring more than ``max_pixels`` pixels are skipped undecoded.
 
     Raises:
         InspectorError: the spec names nothing that exists.
@@ -144,11 +168,11 @@ def open_source(spec: str | int, fps: float | None = None) -> Source:
         return CaptureSource(spec, live=True)
     path = Path(spec)
     if path.is_dir():
-        images = sorted(p for p in path.iterdir() if p.is_file() and is_image_name(p.name))
-        return FolderSource(images, name=str(path), fps=fps)
+        images = [image for _, image in list_images(path)]
+        return FolderSource(images, name=display_path(path), fps=fps, max_pixels=max_pixels)
     if path.is_file():
         if is_image_name(path.name):
-            return FolderSource([path], name=str(path), fps=fps)
+            return FolderSource([path], name=display_path(path), fps=fps, max_pixels=max_pixels)
         return CaptureSource(str(path), live=False)
     raise InspectorError(f"{spec}: no such camera index, video file, image folder or stream URL")
 

@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from inspector.errors import InspectorError
+from inspector.io import FolderLock, atomic_write_text, display_path, make_folder, os_error_text
 from inspector.runtime.overlay import draw_badge, render_overlay, write_image
 from inspector.runtime.scoring import Inspection, Scorer
 from inspector.runtime.sources import FrameReader, Source
@@ -34,6 +35,11 @@ EVENT_CHOICES = ("anomalous", "all")
 SAVE_CHOICES = ("anomalous", "none")
 HUD_BGR = (50, 50, 50)
 DEFAULT_RECORD_FPS = 15.0  # for sources that do not report a frame rate
+# A live source's own frame rate is often wrong (FFmpeg says 25 for most MJPEG streams): the recording
+# uses the rate measured over the first second (or this many frames, held until then).
+MEASURE_SECONDS = 1.0
+MEASURE_FRAMES = 30
+FPS_TOLERANCE = 0.2  # a reported rate within 20 % of the measured one is taken as the exact nominal value
 
 
 def watch(
@@ -59,10 +65,35 @@ def watch(
     """
     if events not in EVENT_CHOICES or save not in SAVE_CHOICES:
         raise InspectorError(f"--events is one of {EVENT_CHOICES} and --save one of {SAVE_CHOICES}")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    out_dir = make_folder(out_dir)
+    if record:
+        _check_recording_path(Path(record))
+    with FolderLock(out_dir):
+        return _watch(
+            source, scorer, out_dir, headless, record, realtime, events, save, max_frames, notify, stop
+        )
+
+
+def _watch(
+    source: Source,
+    scorer: Scorer,
+    out_dir: Path,
+    headless: bool,
+    record: str | Path | None,
+    realtime: bool,
+    events: str,
+    save: str,
+    max_frames: int | None,
+    notify: Callable[[str], None] | None,
+    stop: threading.Event | None,
+) -> dict[str, Any]:
     notify = notify or (lambda message: None)
     stop = stop or threading.Event()
+    events_path = out_dir / EVENTS_NAME
+    try:
+        event_log = open(events_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
+    except OSError as error:
+        raise InspectorError(f"cannot write {os_error_text(error)}") from None
     if not headless:
         _open_window()
     reader = FrameReader(
@@ -71,9 +102,10 @@ def watch(
     stats = _Stats()
     recorder: _Recorder | None = _Recorder(Path(record), source) if record else None
     ended_by = "end of source"
-    with _stop_on_signals(stop), open(out_dir / EVENTS_NAME, "a", encoding="utf-8") as event_log:
-        reader.start()
+    failure: InspectorError | None = None
+    with _stop_on_signals(stop), event_log:
         try:
+            reader.start()
             while True:
                 if stop.is_set():
                     ended_by = "stopped"
@@ -89,19 +121,16 @@ def watch(
                 stats.add(latency, inspection.anomalous)
                 draw_badge(overlay, f"{stats.fps:.1f} FPS  {latency * 1000:.0f} ms", HUD_BGR, row=1)
                 if recorder:
-                    recorder.write(overlay, frame.index)
+                    recorder.write(overlay, frame.index, frame.captured_at)
                 overlay_name = None
                 if inspection.anomalous and save == "anomalous":
                     overlay_name = f"anomalies/frame_{frame.index:07d}.jpg"
                     write_image(out_dir / overlay_name, overlay)
                 if events == "all" or inspection.anomalous:
-                    event_log.write(
-                        json.dumps(
-                            _event(source, frame.index, inspection, latency, overlay_name), ensure_ascii=False
-                        )
-                        + "\n"
+                    line = json.dumps(
+                        _event(source, frame.index, inspection, latency, overlay_name), ensure_ascii=False
                     )
-                    event_log.flush()
+                    _append_line(event_log, events_path, line)
                 if not headless:
                     cv2.imshow(WINDOW_TITLE, overlay)
                     if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
@@ -112,17 +141,50 @@ def watch(
                     break
         except KeyboardInterrupt:
             ended_by = "stopped"
+        except OSError as error:
+            ended_by = "error"
+            failure = InspectorError(
+                f"cannot write {os_error_text(error)}; stopped after {stats.scored} frames, the events so far "
+                f"are in {display_path(events_path)}"
+            )
         finally:
             reader.stop()
             if recorder:
                 recorder.close()
             if not headless:
                 cv2.destroyAllWindows()
-    summary = stats.summary(source, reader, ended_by, record)
-    temporary = out_dir / (SUMMARY_NAME + ".tmp")
-    temporary.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(temporary, out_dir / SUMMARY_NAME)
+    summary = stats.summary(source, reader, ended_by, record, recorder)
+    try:
+        atomic_write_text(out_dir / SUMMARY_NAME, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+    except OSError as error:
+        failure = failure or InspectorError(f"cannot write {os_error_text(error)}")
+    if failure is not None:
+        raise failure
     return summary
+
+
+def _append_line(handle: Any, path: Path, line: str) -> None:
+    try:
+        handle.write(line + "\n")
+        handle.flush()
+    except OSError as error:
+        raise OSError(error.errno, error.strerror, str(path)) from error
+
+
+def _check_recording_path(path: Path) -> None:
+    """Fail before the run starts when the recording cannot be written where the user asked."""
+    try:
+        make_folder(path.parent, "folder")
+    except InspectorError as error:
+        raise InspectorError(f"cannot write the recording {display_path(path)}: {error}") from None
+    existed = path.exists()
+    try:
+        with open(path, "ab"):
+            pass
+    except OSError as error:
+        raise InspectorError(f"cannot write the recording ({os_error_text(error, path)})") from None
+    if not existed:
+        path.unlink()
 
 
 def _event(
@@ -159,7 +221,9 @@ class _Stats:
         self.anomalous += int(anomalous)
         self.latencies.append(latency)
 
-    def summary(self, source: Source, reader: FrameReader, ended_by: str, record: Any) -> dict[str, Any]:
+    def summary(
+        self, source: Source, reader: FrameReader, ended_by: str, record: Any, recorder: _Recorder | None
+    ) -> dict[str, Any]:
         seconds = time.monotonic() - self.started
         latencies = np.asarray(self.latencies) * 1000.0 if self.latencies else np.zeros(1)
         return {
@@ -177,43 +241,94 @@ class _Stats:
                 "p95": round(float(np.percentile(latencies, 95)), 1),
                 "max": round(float(latencies.max()), 1),
             },
-            "recording": str(record) if record else None,
+            "recording": display_path(record) if record else None,
+            "recording_fps": recorder.fps if recorder else None,
         }
 
 
+def measured_fps(frames: list[tuple[int, float]]) -> float | None:
+    """The source's frame rate from (frame index, capture time) pairs; None with fewer than two frames.
+
+    Indexes count every frame the source delivered, dropped ones included, so the rate is the source's even
+    when the model scores only some of them.
+    """
+    if len(frames) < 2:
+        return None
+    (first_index, first_time), (last_index, last_time) = frames[0], frames[-1]
+    if last_time <= first_time or last_index <= first_index:
+        return None
+    return (last_index - first_index) / (last_time - first_time)
+
+
+def recording_fps(reported: float | None, measured: float | None) -> float:
+    """The frame rate to record at: the source's own when it agrees with the measured rate (within 20 %),
+    the measured one when the source's is missing or wrong, else :data:`DEFAULT_RECORD_FPS`."""
+    if measured is None or not np.isfinite(measured) or measured <= 0:
+        return reported or DEFAULT_RECORD_FPS
+    if reported and abs(reported - measured) <= FPS_TOLERANCE * measured:
+        return reported
+    return round(min(max(measured, 0.1), 1000.0), 2)
+
+
 class _Recorder:
-    """Writes overlays to a video at the source's frame rate, opened on the first frame (at its size).
+    """Writes overlays to a video at the source's frame rate, opened at the first frame's size.
 
     A frame that follows dropped ones is repeated in their place, so the recording keeps the source's
-    timeline instead of playing fast when the model is slower than the camera.
+    timeline instead of playing fast when the model is slower than the camera. For a live source the first
+    second of frames is held while its real frame rate is measured (see :func:`recording_fps`).
     """
 
     def __init__(self, path: Path, source: Source):
         self.path = path
         self.source = source
+        self.fps: float | None = None
         self._writer: cv2.VideoWriter | None = None
+        self._held: list[tuple[np.ndarray, int, float]] = []
         self._last_index = 0
         self._max_repeat = 1
 
-    def write(self, image: np.ndarray, frame_index: int) -> None:
-        if self._writer is None:
-            fps = self.source.fps or DEFAULT_RECORD_FPS
-            fourcc = "MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._writer = cv2.VideoWriter(
-                str(self.path), cv2.VideoWriter_fourcc(*fourcc), fps, (image.shape[1], image.shape[0])
-            )
-            if not self._writer.isOpened():
-                raise InspectorError(f"{self.path}: cannot write a video here (use .mp4 or .avi)")
-            self._last_index = frame_index - 1
-            self._max_repeat = max(1, round(2 * fps))  # after a long stall, hold the frame 2 s at most
+    def write(self, image: np.ndarray, frame_index: int, captured_at: float = 0.0) -> None:
+        if self._writer is not None:
+            self._append(image, frame_index)
+            return
+        if not self.source.live:
+            self._open(self.source.fps or DEFAULT_RECORD_FPS, image, frame_index)
+            self._append(image, frame_index)
+            return
+        self._held.append((image, frame_index, captured_at))
+        span = captured_at - self._held[0][2]
+        if span >= MEASURE_SECONDS or len(self._held) >= MEASURE_FRAMES:
+            self._flush_held()
+
+    def close(self) -> None:
+        if self._held:
+            self._flush_held()
+        if self._writer is not None:
+            self._writer.release()
+
+    def _flush_held(self) -> None:
+        held, self._held = self._held, []
+        rate = measured_fps([(index, at) for _, index, at in held])
+        self._open(recording_fps(self.source.fps, rate), held[0][0], held[0][1])
+        for image, index, _ in held:
+            self._append(image, index)
+
+    def _open(self, fps: float, image: np.ndarray, frame_index: int) -> None:
+        fourcc = "MJPG" if self.path.suffix.lower() == ".avi" else "mp4v"
+        self._writer = cv2.VideoWriter(
+            str(self.path), cv2.VideoWriter_fourcc(*fourcc), fps, (image.shape[1], image.shape[0])
+        )
+        if not self._writer.isOpened():
+            raise InspectorError(f"{display_path(self.path)}: cannot write a video here (use .mp4 or .avi)")
+        self.fps = fps
+        self._last_index = frame_index - 1
+        self._max_repeat = max(1, round(2 * fps))  # after a long stall, hold the frame 2 s at most
+
+    def _append(self, image: np.ndarray, frame_index: int) -> None:
+        assert self._writer is not None
         for _ in range(min(max(1, frame_index - self._last_index), self._max_repeat)):
             self._writer.write(image)
         self._last_index = frame_index
-
-    def close(self) -> None:
-        if self._writer is not None:
-            self._writer.release()
 
 
 def _open_window() -> None:

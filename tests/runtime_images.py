@@ -95,3 +95,66 @@ def write_video(
         writer.write(part(height, width, spot)[:, :, ::-1])
     writer.release()
     return Path(path)
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return (
+        struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+    )
+
+
+def write_png_bomb(path: Path, width: int, height: int, valid: bool = False) -> Path:
+    """A 1-bit gray PNG declaring ``width`` x ``height`` pixels: only the header (``valid`` False, under 100
+    bytes) or the whole image of zeros, which deflate squeezes about a thousandfold."""
+    header = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    if valid:
+        packer = zlib.compressobj(9)
+        row = b"\x00" * (1 + (width + 7) // 8)
+        data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
+    else:
+        data = zlib.compress(b"\x00" * 16)
+    signature = b"\x89PNG\r\n\x1a\n"
+    body = _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", data) + _png_chunk(b"IEND", b"")
+    Path(path).write_bytes(signature + body)
+    return Path(path)
+
+
+def write_gray_alpha_png(path: Path, gray: np.ndarray, alpha: int = 255) -> Path:
+    """An 8-bit gray + alpha PNG (colour type 4): two channels per pixel."""
+    height, width = gray.shape
+    pixels = np.dstack([gray, np.full_like(gray, alpha)]).astype(np.uint8)
+    rows = b"".join(b"\x00" + pixels[row].tobytes() for row in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 4, 0, 0, 0)
+    body = _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(rows)) + _png_chunk(b"IEND", b"")
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+    return Path(path)
+
+
+def write_cmyk_tiff(path: Path, rgb: np.ndarray) -> Path:
+    """An uncompressed CMYK TIFF (photometric 5, four samples per pixel) showing ``rgb``."""
+    height, width = rgb.shape[:2]
+    cmy = 255 - rgb.astype(np.int32)
+    black = cmy.min(axis=2, keepdims=True)
+    pixels = np.concatenate([cmy - black, black], axis=2).astype(np.uint8).tobytes()
+    entries = [  # tag, type (3 SHORT, 4 LONG), value
+        (256, 4, width),
+        (257, 4, height),
+        (258, 3, 8),  # bits per sample (the same for all four: one value is read as that)
+        (259, 3, 1),  # no compression
+        (262, 3, 5),  # photometric: separated (CMYK)
+        (273, 4, 0),  # strip offset, filled in below
+        (277, 3, 4),  # samples per pixel
+        (278, 4, height),  # rows per strip
+        (279, 4, len(pixels)),  # strip byte count
+        (284, 3, 1),  # planar configuration: chunky
+    ]
+    ifd_size = 2 + 12 * len(entries) + 4
+    data_offset = 8 + ifd_size
+    ifd = struct.pack("<H", len(entries))
+    for tag, kind, value in entries:
+        value = data_offset if tag == 273 else value
+        packed = struct.pack("<HI", value, 0)[:4] if kind == 3 else struct.pack("<I", value)
+        ifd += struct.pack("<HHI", tag, kind, 1) + packed
+    ifd += struct.pack("<I", 0)
+    Path(path).write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + pixels)
+    return Path(path)

@@ -18,7 +18,7 @@ from click.testing import CliRunner
 
 from inspector.export.parity import ParityError
 from inspector.export.pipeline import export_detector
-from inspector.export.writer import write_atomic
+from inspector.io import atomic_write_bytes
 from inspector.artifact import INPUT_NAME, MAP_OUTPUT, METADATA_KEY, SCORE_OUTPUT, ModelMetadata
 from inspector.cli import cli
 from inspector.preprocess import prepare_batch
@@ -99,7 +99,7 @@ def test_an_interrupted_write_leaves_the_previous_file_and_no_temporary(tmp_path
 
     monkeypatch.setattr(os, "fsync", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        write_atomic(target, b"new model, half written")
+        atomic_write_bytes(target, b"new model, half written")
     assert target.read_bytes() == b"previous model"
     assert [path.name for path in tmp_path.iterdir()] == ["model.onnx"]
 

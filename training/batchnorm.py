@@ -21,11 +21,11 @@ from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Dataset
 
 from inspector.training.checkpoint import (
-    atomic_write,
     build_from_checkpoint,
     checkpoint_path,
     load_checkpoint,
     run_config,
+    save_state,
 )
 from inspector.training.data import build_splits, training_datasets
 
@@ -91,5 +91,5 @@ def refresh_best_batchnorm(
     layers = recompute_batchnorm(detector, inputs)
     state["model"] = {name: tensor.detach().cpu() for name, tensor in detector.state_dict().items()}
     state["batchnorm_refreshed_images"] = batches * batch_size
-    atomic_write(path, lambda handle: torch.save(state, handle))
+    save_state(path, state)
     return batches * batch_size, layers

@@ -8,12 +8,10 @@ runs no pickled code.
 
 from __future__ import annotations
 
-import os
 import pickle
 import random
-import tempfile
-from collections.abc import Callable
-from contextlib import suppress
+import re
+import warnings
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import IO, Any
@@ -24,12 +22,28 @@ import torch
 from inspector import __version__
 from inspector.config import TrainConfig, config_from_dict, load_config
 from inspector.errors import InspectorError
+from inspector.io import atomic_write, atomic_write_text, display_path  # noqa: F401 - the trainer writes through these
 from inspector.training.detectors.base import Detector, build_detector
 
 #: Bumped when a checkpoint written by an older version can no longer be read.
 FORMAT_VERSION = 1
 CHECKPOINT_DIR = "checkpoints"
 CHECKPOINT_NAMES = ("best", "last")
+#: What every checkpoint holds, and the type each entry must have.
+_STRUCTURE: dict[str, tuple[type, ...]] = {
+    "detector": (str,),
+    "input_size": (list, tuple),
+    "channels": (int,),
+    "detector_options": (dict,),
+    "config": (dict,),
+    "model": (dict,),
+    "optimizer": (dict,),
+    "epoch": (int,),
+    "step": (int,),
+    "best_val_loss": (float, int, type(None)),
+    "elapsed_seconds": (float, int),
+    "rng": (dict,),
+}
 
 
 def checkpoint_path(run_dir: str | Path, which: str) -> Path:
@@ -37,43 +51,6 @@ def checkpoint_path(run_dir: str | Path, which: str) -> Path:
     if which not in CHECKPOINT_NAMES:
         raise InspectorError(f"unknown checkpoint '{which}'; use one of {', '.join(CHECKPOINT_NAMES)}")
     return Path(run_dir) / CHECKPOINT_DIR / f"{which}.pt"
-
-
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
-    """Write a file through ``write(handle)`` so that readers see the old file or the new one, never half.
-
-    The data goes to a temporary file in the same folder, is flushed to disk, then renamed over ``path``.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with suppress(FileNotFoundError):
-            os.unlink(temporary)
-        raise
-    _fsync_folder(path.parent)
-    return path
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """:func:`atomic_write` for a UTF-8 text file."""
-    return atomic_write(path, lambda handle: handle.write(text.encode("utf-8")))
-
-
-def _fsync_folder(folder: Path) -> None:
-    # Makes the rename itself durable; not possible on every platform (Windows), where it is skipped.
-    with suppress(OSError, AttributeError):
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
 
 
 # --- RNG states as tensors and plain containers -----------------------------------------------------
@@ -162,33 +139,130 @@ def save_checkpoint(
         "total_steps": total_steps,
         "rng": rng_state(),
     }
-    return atomic_write(path, lambda handle: torch.save(state, handle))
+    return save_state(path, state)
+
+
+def save_state(path: str | Path, state: dict[str, Any]) -> Path:
+    """``torch.save(state)`` to ``path`` atomically; a failed write (a full disk) is the ``OSError`` that
+    names the file, not the ``RuntimeError`` torch's zip writer turns it into."""
+
+    def write(handle: IO[bytes]) -> None:
+        recorder = _WriteErrors(handle)
+        try:
+            torch.save(state, recorder)
+        except RuntimeError:
+            if recorder.error is not None:
+                raise recorder.error from None
+            raise
+
+    return atomic_write(path, write)
+
+
+class _WriteErrors:
+    """A binary file that remembers the first error of its writes."""
+
+    def __init__(self, handle: IO[bytes]):
+        self.handle = handle
+        self.error: OSError | None = None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.handle.write(data)
+        except OSError as error:
+            self.error = self.error or error
+            raise
+
+    def flush(self) -> None:
+        self.handle.flush()
 
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a checkpoint (on the CPU) with ``weights_only=True``, checking its format version.
+    """Read a checkpoint (on the CPU) with ``weights_only=True``, checking its format version and structure.
 
     Raises:
-        InspectorError: no such file, not a checkpoint, or a format this version cannot read.
+        InspectorError: no such file, not a checkpoint, a file holding pickled code (refused), a format this
+            version cannot read, or an entry missing or of the wrong type.
     """
     path = Path(path)
     if not path.is_file():
         raise InspectorError(f"no checkpoint at {path}; train the run with `inspector train` first")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError) as error:
-        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise InspectorError(f"{path}: not a readable inspector checkpoint ({reason})") from None
-    if not isinstance(state, dict) or "format_version" not in state or "model" not in state:
-        raise InspectorError(f"{path}: not an inspector checkpoint (no format_version or model state)")
-    version = state["format_version"]
-    if version != FORMAT_VERSION:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # torch's notes on pickle protocols: the error below says it all
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        # torch's message advises loading with weights_only=False, which a user must never do: say it ourselves.
+        code = re.search(r"GLOBAL ([\w.]+)", str(error))
+        if code:
+            raise InspectorError(
+                f"{display_path(path)}: refused: it holds pickled Python code ({code.group(1)}), not only tensors "
+                "and plain values, and loading it could run that code; use a checkpoint written by `inspector train`"
+            ) from None
         raise InspectorError(
-            f"{path}: checkpoint format {version} (written by inspector {state.get('inspector_version', '?')}) "
+            f"{display_path(path)}: not a readable inspector checkpoint ({_torch_reason(error)})"
+        ) from None
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise InspectorError(
+            f"{display_path(path)}: not a readable inspector checkpoint ({_first_line(error)})"
+        ) from None
+    check_checkpoint(state, display_path(path))
+    return state
+
+
+def _torch_reason(error: Exception) -> str:
+    """The line of a torch loading error that says what is wrong, without torch's advice."""
+    advice = ("weights_only", "weights only", "torch.load", "file an issue", "trusted source")
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    useful = [line for line in lines if not any(word in line.lower() for word in advice)]
+    return useful[0] if useful else "not a file of tensors and plain values"
+
+
+def _first_line(error: Exception) -> str:
+    return str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+
+
+def check_checkpoint(state: Any, source: str = "checkpoint") -> None:
+    """A loaded checkpoint's format version and structure: every entry present with its type.
+
+    Raises:
+        InspectorError: not a checkpoint, a format this version cannot read, or an entry missing or of
+            the wrong type (a damaged file, or one not written by ``inspector train``).
+    """
+    if not isinstance(state, dict) or "format_version" not in state or "model" not in state:
+        raise InspectorError(f"{source}: not an inspector checkpoint (no format_version or model state)")
+    version = state["format_version"]
+    if version != FORMAT_VERSION or isinstance(version, bool):
+        raise InspectorError(
+            f"{source}: checkpoint format {version!r} (written by inspector {state.get('inspector_version', '?')}) "
             f"cannot be read by inspector {__version__} (format {FORMAT_VERSION}); retrain or use the version "
             "that wrote it"
         )
-    return state
+    missing = [key for key in _STRUCTURE if key not in state]
+    if missing:
+        raise InspectorError(
+            f"{source}: damaged or not written by `inspector train`: it lacks {', '.join(missing)}"
+        )
+    for key, kinds in _STRUCTURE.items():
+        if not isinstance(state[key], kinds) or (isinstance(state[key], bool) and bool not in kinds):
+            raise InspectorError(
+                f"{source}: damaged: '{key}' is {type(state[key]).__name__}, expected "
+                f"{' or '.join(kind.__name__ for kind in kinds)}"
+            )
+    size = state["input_size"]
+    if len(size) != 2 or not all(isinstance(side, int) and side > 0 for side in size):
+        raise InspectorError(f"{source}: damaged: input_size {list(size)!r} is not [height, width]")
+    if state["channels"] not in (1, 3):
+        raise InspectorError(f"{source}: damaged: channels {state['channels']!r} is not 1 or 3")
+    if not all(
+        isinstance(name, str) and isinstance(tensor, torch.Tensor) for name, tensor in state["model"].items()
+    ):
+        raise InspectorError(f"{source}: damaged: 'model' must map parameter names to tensors")
+    rng = state["rng"]
+    if not all(
+        isinstance(rng.get(key), kind)
+        for key, kind in (("torch", torch.Tensor), ("numpy", dict), ("python", dict))
+    ):
+        raise InspectorError(f"{source}: damaged: 'rng' lacks the torch, numpy or python random state")
 
 
 def run_config(run_dir: str | Path, checkpoint: dict[str, Any] | None = None) -> TrainConfig:

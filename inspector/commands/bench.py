@@ -17,6 +17,7 @@ from inspector.commands.options import (
     throughput_threads_option,
     workers_option,
 )
+from inspector.io import atomic_write_text
 
 
 @click.command("bench")
@@ -114,4 +115,4 @@ def bench_command(
             f"{result['single_call_ratio']:.0%}"
         )
     if json_path:
-        json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+        atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")

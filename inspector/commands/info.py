@@ -13,8 +13,9 @@ from typing import Any
 
 import click
 
-from inspector.artifact import METADATA_KEY, ModelMetadata
+from inspector.artifact import INPUT_NAME, METADATA_KEY, MODEL_HINT, ModelMetadata, check_input_shape
 from inspector.errors import ArtifactError, InspectorError
+from inspector.io import check_regular_file
 
 COMPONENT_METADATA_KEY = "inspector_component"  # written by export/writer.py for components/*.onnx
 # onnxruntime's element names, as numpy (and the artifact contract in DESIGN.md) spell them.
@@ -32,11 +33,7 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
     """
     import onnxruntime as ort
 
-    path = Path(path)
-    if not path.is_file():
-        raise InspectorError(
-            f"{path}: model file not found; export one with `inspector export RUN_DIR --onnx`"
-        )
+    path = check_regular_file(path, "model file", MODEL_HINT)
     try:
         session = ort.InferenceSession(os.fspath(path), providers=["CPUExecutionProvider"])
     except Exception as error:  # noqa: BLE001  (onnxruntime raises its own types for unreadable models)
@@ -54,12 +51,24 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
         "onnxruntime": ort.__version__,
     }
     if COMPONENT_METADATA_KEY in custom and METADATA_KEY not in custom:
-        info["component"] = json.loads(custom[COMPONENT_METADATA_KEY])
+        try:
+            component = json.loads(custom[COMPONENT_METADATA_KEY])
+        except (json.JSONDecodeError, RecursionError):
+            component = None
+        if not isinstance(component, dict) or not all(
+            isinstance(component.get(key), str) for key in ("component", "detector", "description")
+        ):
+            raise InspectorError(
+                f"{path}: its '{COMPONENT_METADATA_KEY}' metadata is unreadable; re-export it"
+            )
+        info["component"] = component
     else:
         try:
-            info["metadata"] = json.loads(
-                ModelMetadata.from_json(custom.get(METADATA_KEY), str(path)).to_json()
-            )
+            metadata = ModelMetadata.from_json(custom.get(METADATA_KEY), str(path))
+            image_input = next((item for item in session.get_inputs() if item.name == INPUT_NAME), None)
+            if image_input is not None:
+                check_input_shape(image_input.shape, metadata, str(path))
+            info["metadata"] = json.loads(metadata.to_json())
         except ArtifactError as error:
             info["metadata_error"] = str(error)
     info["opset"] = _declared_opset(path)
@@ -154,12 +163,16 @@ def _pairs(info: dict[str, Any]) -> list[tuple[str, str]]:
 def _parity_text(parity: dict[str, Any] | None) -> str:
     if not parity:
         return "not recorded"
-    diff = parity["max_abs_diff"]
-    return (
-        f"max |diff| score {diff['score']:.3g}, anomaly_map {diff['anomaly_map']:.3g} on {parity['images']} images "
-        f"at batch {', '.join(map(str, parity['batch_sizes']))}; {parity['image_decision_flips']} image and "
-        f"{parity['pixel_decision_flips']} pixel decisions changed ({'passed' if parity['passed'] else 'FAILED'})"
-    )
+    try:
+        diff = parity["max_abs_diff"]
+        return (
+            f"max |diff| score {diff['score']:.3g}, anomaly_map {diff['anomaly_map']:.3g} on {parity['images']} "
+            f"images at batch {', '.join(map(str, parity['batch_sizes']))}; {parity['image_decision_flips']} "
+            f"image and {parity['pixel_decision_flips']} pixel decisions changed "
+            f"({'passed' if parity['passed'] else 'FAILED'})"
+        )
+    except (KeyError, TypeError, ValueError):
+        return "recorded in a form this version cannot read (see the metadata below)"
 
 
 @click.command("info", short_help="Show an exported model: metadata, inputs, outputs, opset, providers.")

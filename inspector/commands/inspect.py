@@ -10,6 +10,8 @@ import click
 from inspector.commands.options import (
     batch_size_option,
     echo_warning,
+    max_megapixels_option,
+    megapixels_to_pixels,
     model_option,
     pixel_threshold_option,
     runtime_device_option,
@@ -49,6 +51,7 @@ EXIT_INTERRUPTED = 130
 @throughput_threads_option
 @batch_size_option
 @workers_option
+@max_megapixels_option
 @click.option(
     "--fail-on-anomaly",
     is_flag=True,
@@ -71,14 +74,16 @@ def inspect_command(
     threads: int,
     batch_size: int,
     workers: int,
+    max_megapixels: float,
     fail_on_anomaly: bool,
     quiet: bool,
 ) -> None:
     """Score every image in FOLDER (or one image file): report.csv and report.jsonl with normalised and raw
     scores, labels and defect regions, a heatmap overlay per image, and summary.json.
 
-    Unreadable files are listed in the report with the reason and the run goes on. Ctrl-C keeps every
-    finished image; run the same command with --resume to finish.
+    Unreadable files (corrupt, not regular files, too many pixels) are listed in the report with the
+    reason and the run goes on; the run's own output is never read as input, and one run at a time writes
+    into --out. Ctrl-C keeps every finished image; run the same command with --resume to finish.
 
     \b
     Example:
@@ -106,6 +111,7 @@ def inspect_command(
             force=force,
             batch_size=batch_size,
             workers=workers,
+            max_pixels=megapixels_to_pixels(max_megapixels),
             on_total=bar.start,
             on_record=bar.advance,
         )

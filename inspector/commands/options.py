@@ -99,6 +99,21 @@ workers_option = click.option(
 )
 
 
+max_megapixels_option = click.option(
+    "--max-megapixels",
+    type=click.FloatRange(min=0, min_open=True),
+    default=100.0,
+    show_default=True,
+    help="Images whose header declares more pixels than this are reported unreadable without being "
+    "decoded (a tiny file can declare gigapixels).",
+)
+
+
+def megapixels_to_pixels(megapixels: float) -> int:
+    """``--max-megapixels`` as a pixel count."""
+    return max(1, int(megapixels * 1_000_000))
+
+
 def _save_option(where: str) -> Callable[[Callable], Callable]:
     return click.option(
         "--save",

@@ -9,6 +9,7 @@ import click
 from inspector.commands.options import data_format_option, torch_device_option
 from inspector.config import load_config, preset_names
 from inspector.errors import InspectorError
+from inspector.io import check_writable_folder
 
 #: ``--resume`` given without a run directory: resume ``<out>/<name>`` of the config.
 RESUME_FROM_CONFIG = "\0config"
@@ -213,6 +214,7 @@ def train_command(
         config = load_config(run_dir / "config.yaml", {k: v for k, v in given.items() if k in RESUMABLE})
         config.out, config.name = str(run_dir.parent), run_dir.name
 
+    check_writable_folder(config.run_dir if resume is not None else config.out, "run folder")
     from inspector.training.trainer import TrainingInterrupted, train
 
     try:

@@ -8,6 +8,8 @@ import click
 
 from inspector.commands.options import (
     echo_warning,
+    max_megapixels_option,
+    megapixels_to_pixels,
     model_option,
     pixel_threshold_option,
     runtime_device_option,
@@ -43,7 +45,8 @@ from inspector.commands.options import (
     "--record",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Also record every overlay frame to this video (.mp4 or .avi).",
+    help="Also record every overlay frame to this video (.mp4 or .avi), at the source's frame rate "
+    "(measured over the first second for a camera or stream).",
 )
 @click.option(
     "--realtime",
@@ -74,6 +77,7 @@ from inspector.commands.options import (
 @click.option(
     "--max-frames", type=click.IntRange(min=1), default=None, help="Stop after scoring this many frames."
 )
+@max_megapixels_option
 @threshold_option
 @pixel_threshold_option
 @runtime_device_option
@@ -91,6 +95,7 @@ def watch_command(
     events: str,
     save: str,
     max_frames: int | None,
+    max_megapixels: float,
     threshold: float,
     pixel_threshold: float,
     device: str,
@@ -114,7 +119,7 @@ def watch_command(
     if camera is not None and source is not None:
         raise click.UsageError("give either --camera or --source, not both")
     spec = source if source is not None else (camera if camera is not None else 0)
-    frame_source = open_source(spec, fps=fps)
+    frame_source = open_source(spec, fps=fps, max_pixels=megapixels_to_pixels(max_megapixels))
     scorer = Scorer(
         load_model(model_path, device, strict_device, threads, warn=echo_warning), threshold, pixel_threshold
     )
@@ -138,7 +143,7 @@ def watch_command(
     )
     click.echo(
         f"events: {out_dir / 'events.jsonl'}; summary: {out_dir / 'summary.json'}"
-        + (f"; recording: {record}" if record else "")
+        + (f"; recording: {record} at {summary['recording_fps']:g} fps" if summary["recording_fps"] else "")
     )
 
 
