@@ -30,7 +30,10 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-SMALL = {"alocc": {"width": 8, "max_width": 32}, "bigan": {"width": 8, "max_width": 32, "latent_size": 8}}
+SMALL = {
+    "alocc": {"base_width": 8, "max_width": 32},
+    "bigan": {"base_width": 8, "max_width": 32, "latent_dim": 8},
+}
 
 
 def stripes(count: int, channels: int, generator: torch.Generator) -> torch.Tensor:
@@ -66,7 +69,7 @@ def trained(name: str, channels: int, steps: int, options: dict | None = None):
     "name,options",
     [
         ("alocc", {"score": "reconstruction", "rec_weight": 100.0}),
-        ("bigan", {"cycle_weight": 1.0}),
+        ("bigan", {"rec_weight": 1.0}),
     ],
 )
 def test_after_a_few_steps_a_defective_part_scores_higher_and_its_map_lights_up_the_defect(name, options):
@@ -241,7 +244,7 @@ def write_config(folder: Path, detector: str, root: Path, options: dict) -> Path
     "detector,options,components",
     [
         ("alocc", {"score": "discriminator"}, {"reconstructor", "discriminator"}),
-        ("bigan", {"cycle_weight": 1.0}, {"encoder", "generator", "discriminator"}),
+        ("bigan", {"rec_weight": 1.0}, {"encoder", "generator", "discriminator"}),
     ],
 )
 def test_train_then_export_a_one_class_model_from_idx_files(

@@ -136,7 +136,7 @@ def test_memvae_score_can_add_the_kl_term():
 def test_both_adversarial_terms_of_advvae_train_the_decoder():
     torch.manual_seed(0)
     detector = AdvVAE((28, 28), 1, **SMALL["advvae"])
-    assert detector.recon_weight > 0 and detector.gen_weight > 0
+    assert detector.adv_rec_weight > 0 and detector.adv_sample_weight > 0
     detector.train()
     images = blobs(8, 1, (28, 28))
 
@@ -149,7 +149,7 @@ def test_both_adversarial_terms_of_advvae_train_the_decoder():
 
     # And both are inside the loss the generator step minimises, with their weights.
     terms = detector.generator_terms(images)
-    unweighted = terms["mse"] + detector.kld_weight * terms["kl"]
+    unweighted = terms["mse"] + detector.kl_weight * terms["kl"]
     expected = unweighted + 0.002 * terms["adv_reconstruction"] + 0.002 * terms["adv_sample"]
     assert torch.allclose(detector.generator_loss(terms), expected)
 

@@ -5,14 +5,15 @@ needs; tanh decoder) works on images mapped to [-1, 1] *inside* the model: input
 every detector's, and reconstructions are compared with the input in the same [-1, 1] space.
 
 Generator (encoder + decoder) loss, every term active:
-``MSE(x̂, x) + kld_weight·KL + recon_weight·adv(D(x̂)) + gen_weight·adv(D(G(z))) [+ ssim_weight·(1 - SSIM)]``
+``MSE(x̂, x) + kl_weight·KL + adv_rec_weight·adv(D(x̂)) + adv_sample_weight·adv(D(G(z)))
+[+ ssim_weight·(1 - SSIM)]``
 with ``adv(d) = BCE(d, real)``, KL per sample summed over the latent and averaged over the batch, z ~ N(0, I).
 (The original multiplied the sample term by zero.) The discriminator learns real images against both the
 reconstructions and the samples.
 
 Scores (raw, higher = more anomalous), ``score`` option:
 - ``reconstruction`` (default): per-image mean squared error of the reconstruction from the mean latent μ
-  plus ``score_kl_weight`` · KL(μ, σ) (defaults to ``kld_weight``);
+  plus ``score_kl_weight`` · KL(μ, σ) (defaults to ``kl_weight``);
 - ``discriminator``: ``1 - D(x)``, computed as ``sigmoid(-logit)``.
 The anomaly map is the per-pixel reconstruction error (mean over channels) in both cases.
 """
@@ -98,7 +99,15 @@ class _UnitRangeDiscriminator(nn.Module):
 
 @register
 class AdvVAE(Detector):
-    """VAE + image discriminator, scored by reconstruction + KL or by the discriminator."""
+    """VAE + image discriminator, scored by reconstruction + KL or by the discriminator.
+
+    Options: ``latent_dim`` (128), ``base_width`` / ``max_width`` (conv blocks), ``discriminator_width``
+    (D's first block; default ``base_width``), ``kl_weight`` (KL in the VAE's loss), ``adv_rec_weight``
+    (adversarial term on the reconstruction), ``adv_sample_weight`` (adversarial term on prior samples),
+    ``ssim_weight`` (1 - SSIM of the reconstruction; 0: off), ``score`` (``reconstruction`` or
+    ``discriminator``), ``score_kl_weight`` (KL in the score; None: ``kl_weight``), ``error`` (``squared``
+    or ``abs``, the map's pixel error), ``discriminator_lr`` (D's learning rate; None: the run's).
+    """
 
     name = "advvae"
 
@@ -109,10 +118,10 @@ class AdvVAE(Detector):
         latent_dim: int = 128,
         base_width: int = 32,
         max_width: int = 512,
-        discriminator_base_width: int | None = None,
-        kld_weight: float = 1e-4,
-        recon_weight: float = 0.002,
-        gen_weight: float = 0.002,
+        discriminator_width: int | None = None,
+        kl_weight: float = 1e-4,
+        adv_rec_weight: float = 0.002,
+        adv_sample_weight: float = 0.002,
         ssim_weight: float = 0.0,
         score: str = "reconstruction",
         score_kl_weight: float | None = None,
@@ -125,16 +134,16 @@ class AdvVAE(Detector):
         if error not in ("squared", "abs"):
             raise ValueError(f"error must be 'squared' or 'abs', got '{error}'")
         self.latent_dim = int(latent_dim)
-        self.kld_weight = float(kld_weight)
-        self.recon_weight = float(recon_weight)
-        self.gen_weight = float(gen_weight)
+        self.kl_weight = float(kl_weight)
+        self.adv_rec_weight = float(adv_rec_weight)
+        self.adv_sample_weight = float(adv_sample_weight)
         self.ssim_weight = float(ssim_weight)
         self.score = score
         # Scored by reconstruction, forward is the VAE path training takes; scored by the discriminator it
         # also runs D, whose statistics mix real and generated batches and would change meaning if
         # recomputed on real images alone.
         self.recompute_batchnorm = score == "reconstruction"
-        self.score_kl_weight = self.kld_weight if score_kl_weight is None else float(score_kl_weight)
+        self.score_kl_weight = self.kl_weight if score_kl_weight is None else float(score_kl_weight)
         self.error = error
         self.discriminator_lr = discriminator_lr
 
@@ -155,7 +164,7 @@ class AdvVAE(Detector):
             activation="leaky_relu",
             output="tanh",
         )
-        d_widths = block_widths(len(sizes) - 1, discriminator_base_width or base_width, max_width)
+        d_widths = block_widths(len(sizes) - 1, discriminator_width or base_width, max_width)
         self.discriminator = Discriminator(
             ConvEncoder(
                 self.channels, d_widths, batch_norm=True, activation="leaky_relu", first_batch_norm=False
@@ -185,9 +194,9 @@ class AdvVAE(Detector):
     def generator_loss(self, terms: dict[str, torch.Tensor]) -> torch.Tensor:
         loss = (
             terms["mse"]
-            + self.kld_weight * terms["kl"]
-            + self.recon_weight * terms["adv_reconstruction"]
-            + self.gen_weight * terms["adv_sample"]
+            + self.kl_weight * terms["kl"]
+            + self.adv_rec_weight * terms["adv_reconstruction"]
+            + self.adv_sample_weight * terms["adv_sample"]
         )
         if "ssim" in terms:
             loss = loss + self.ssim_weight * terms["ssim"]
@@ -234,7 +243,7 @@ class AdvVAE(Detector):
         target = batch["image"] * 2 - 1
         mu, logvar = self.encoder(target)
         mse = F.mse_loss(self.decoder(mu), target)
-        return float(mse + self.kld_weight * gaussian_kl(mu, logvar).mean())
+        return float(mse + self.kl_weight * gaussian_kl(mu, logvar).mean())
 
     # -- scoring -------------------------------------------------------------------------------------
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

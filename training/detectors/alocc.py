@@ -102,11 +102,12 @@ class Discriminator(nn.Module):
 class ALOCC(Detector):
     """Adversarially learned one-class classifier (Sabokrou et al., CVPR 2018).
 
-    Options: ``width`` (first block; doubles per block up to ``max_width``), ``smallest`` (the encoder
+    Options: ``base_width`` (first block; doubles per block up to ``max_width``), ``smallest`` (the encoder
     halves the image until its smaller side is at most this), ``noise_std`` (training input noise, 0.155),
-    ``rec_weight`` (lambda on the MSE, 0.2), ``rho`` (stopping bound on the reconstruction MSE; None
-    disables it), ``wasserstein`` (critic with gradient penalty ``gp_weight``), ``score``
-    (``discriminator``: 1 - D(R(x)); ``input_discriminator``: 1 - D(x); ``reconstruction``: MSE of R(x)).
+    ``rec_weight`` (the paper's lambda: weight of the reconstruction MSE in R's loss, 0.2), ``rho``
+    (stopping bound on the reconstruction MSE; None disables it), ``wasserstein`` (critic with gradient
+    penalty ``gp_weight``), ``score`` (``discriminator``: 1 - D(R(x)); ``input_discriminator``: 1 - D(x);
+    ``reconstruction``: MSE of R(x)).
     """
 
     name = "alocc"
@@ -115,7 +116,7 @@ class ALOCC(Detector):
         self,
         input_size: tuple[int, int],
         channels: int,
-        width: int = 64,
+        base_width: int = 64,
         max_width: int = 512,
         smallest: int = 4,
         noise_std: float = 0.155,
@@ -131,7 +132,7 @@ class ALOCC(Detector):
                 f"alocc: detector_options.score must be one of {', '.join(SCORES)}, got '{score}'"
             )
         sizes = halving_sizes(self.input_size, smallest)
-        widths = block_widths(len(sizes) - 1, width, max_width)
+        widths = block_widths(len(sizes) - 1, base_width, max_width)
         self.reconstructor = Reconstructor(channels, widths, sizes)
         self.discriminator = Discriminator(channels, widths, sizes, batch_norm=not wasserstein)
         self.apply(_init_weights)

@@ -63,13 +63,13 @@ class Encoder(nn.Module):
     """Image -> latent code: stride-2 conv blocks, then a linear layer (unbounded, like the N(0, I) prior)."""
 
     def __init__(
-        self, channels: int, widths: list[int], sizes: list[tuple[int, int]], latent_size: int
+        self, channels: int, widths: list[int], sizes: list[tuple[int, int]], latent_dim: int
     ) -> None:
         super().__init__()
         self.features = ConvEncoder(
             channels, widths, batch_norm=True, activation="leaky_relu", first_batch_norm=False
         )
-        self.to_latent = nn.Linear(widths[-1] * sizes[-1][0] * sizes[-1][1], latent_size)
+        self.to_latent = nn.Linear(widths[-1] * sizes[-1][0] * sizes[-1][1], latent_dim)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.to_latent(self.features(image))
@@ -83,7 +83,7 @@ class JointDiscriminator(nn.Module):
         channels: int,
         widths: list[int],
         sizes: list[tuple[int, int]],
-        latent_size: int,
+        latent_dim: int,
         hidden: int = 512,
         dropout: float = 0.2,
     ) -> None:
@@ -92,7 +92,7 @@ class JointDiscriminator(nn.Module):
             ConvEncoder(channels, widths, batch_norm=False, activation="leaky_relu"), nn.Dropout(dropout)
         )
         self.latent_path = nn.Sequential(
-            nn.Linear(latent_size, hidden), nn.LeakyReLU(0.2), nn.Dropout(dropout)
+            nn.Linear(latent_dim, hidden), nn.LeakyReLU(0.2), nn.Dropout(dropout)
         )
         image_features = widths[-1] * sizes[-1][0] * sizes[-1][1]
         self.joint = nn.Sequential(
@@ -109,12 +109,13 @@ class JointDiscriminator(nn.Module):
 class BiGAN(Detector):
     """Bidirectional GAN anomaly detector (EGBAD).
 
-    Options: ``latent_size`` (128), ``width`` / ``max_width`` / ``smallest`` (conv blocks, as in the VAEs),
-    ``alpha`` (weight of the reconstruction in the score, 0.9), ``score_term`` (``cross_entropy`` or
+    Options: ``latent_dim`` (128), ``base_width`` / ``max_width`` / ``smallest`` (conv blocks, as in the
+    VAEs), ``alpha`` (weight of the reconstruction in the score, 0.9), ``score_term`` (``cross_entropy`` or
     ``feature_matching``), ``spectral_norm`` (on every layer of D), ``label_smoothing`` (real targets
     U(0.9, 1)), ``instance_noise`` (std of Gaussian noise on D's images, decaying linearly to 0 over the
-    run), ``dropout`` (in D, 0.2), ``cycle_weight`` (0: BiGAN proper; > 0 adds ``mean|x - G(E(x))|`` to
-    E and G's loss, ALICE-style, which sharpens reconstructions), ``betas`` (Adam, (0.5, 0.999)).
+    run), ``dropout`` (in D, 0.2), ``rec_weight`` (0: BiGAN proper; > 0 adds ``rec_weight`` times the
+    reconstruction error ``mean|x - G(E(x))|`` to E and G's loss, an ALICE-style cycle term, which
+    sharpens reconstructions), ``betas`` (Adam, (0.5, 0.999)).
     """
 
     name = "bigan"
@@ -123,8 +124,8 @@ class BiGAN(Detector):
         self,
         input_size: tuple[int, int],
         channels: int,
-        latent_size: int = 128,
-        width: int = 32,
+        latent_dim: int = 128,
+        base_width: int = 32,
         max_width: int = 256,
         smallest: int = 4,
         alpha: float = 0.9,
@@ -133,7 +134,7 @@ class BiGAN(Detector):
         label_smoothing: bool = False,
         instance_noise: float = 0.0,
         dropout: float = 0.2,
-        cycle_weight: float = 0.0,
+        rec_weight: float = 0.0,
         betas: tuple[float, float] = (0.5, 0.999),
     ) -> None:
         super().__init__(input_size, channels)
@@ -142,13 +143,13 @@ class BiGAN(Detector):
                 f"bigan: detector_options.score_term must be one of {', '.join(SCORE_TERMS)}, got '{score_term}'"
             )
         sizes = halving_sizes(self.input_size, smallest)
-        widths = block_widths(len(sizes) - 1, width, max_width)
-        self.latent_size = int(latent_size)
-        self.encoder = Encoder(channels, widths, sizes, self.latent_size)
+        widths = block_widths(len(sizes) - 1, base_width, max_width)
+        self.latent_dim = int(latent_dim)
+        self.encoder = Encoder(channels, widths, sizes, self.latent_dim)
         self.generator = ConvDecoder(
-            self.latent_size, channels, widths, sizes, batch_norm=True, activation="relu", output="sigmoid"
+            self.latent_dim, channels, widths, sizes, batch_norm=True, activation="relu", output="sigmoid"
         )
-        self.discriminator = JointDiscriminator(channels, widths, sizes, self.latent_size, dropout=dropout)
+        self.discriminator = JointDiscriminator(channels, widths, sizes, self.latent_dim, dropout=dropout)
         self.apply(_init_weights)
         if spectral_norm:
             for module in list(self.discriminator.modules()):
@@ -160,7 +161,7 @@ class BiGAN(Detector):
         self.score_term = score_term
         self.label_smoothing = bool(label_smoothing)
         self.instance_noise = float(instance_noise)
-        self.cycle_weight = float(cycle_weight)
+        self.rec_weight = float(rec_weight)
         self.betas = (float(betas[0]), float(betas[1]))
         self._total_steps = 1
         # Steps taken, in the state dict so that the instance-noise schedule survives a resume.
@@ -180,7 +181,7 @@ class BiGAN(Detector):
 
     def training_step(self, batch: Batch) -> dict[str, float]:
         image = batch["image"]
-        prior = torch.randn(image.shape[0], self.latent_size, device=image.device)
+        prior = torch.randn(image.shape[0], self.latent_dim, device=image.device)
         disc = self.discriminator
 
         with torch.no_grad():
@@ -203,10 +204,10 @@ class BiGAN(Detector):
         # Swapped labels: E wants its pairs judged generated, G wants its pairs judged real.
         eg_loss = judged_fake_loss(real_logit) + judged_real_loss(fake_logit)
         losses = {"d_loss": float(d_loss.detach()), "eg_loss": float(eg_loss.detach())}
-        if self.cycle_weight > 0:
-            cycle = (self.generator(code) - image).abs().mean()
-            eg_loss = eg_loss + self.cycle_weight * cycle
-            losses["cycle"] = float(cycle.detach())
+        if self.rec_weight > 0:
+            rec_error = (self.generator(code) - image).abs().mean()
+            eg_loss = eg_loss + self.rec_weight * rec_error
+            losses["rec_error"] = float(rec_error.detach())
         self.optimizers["encoder_generator"].zero_grad(set_to_none=True)
         eg_loss.backward()
         self.optimizers["encoder_generator"].step()
@@ -235,7 +236,7 @@ class BiGAN(Detector):
         return score, difference.mean(dim=1, keepdim=True)
 
     def components(self) -> dict[str, Component]:
-        channels, (height, width), latent = self.channels, self.input_size, self.latent_size
+        channels, (height, width), latent = self.channels, self.input_size, self.latent_dim
         shape = f"[N,{channels},{height},{width}]"
         return {
             "encoder": Component(
@@ -269,4 +270,4 @@ class BiGAN(Detector):
     def prior_samples(self, count: int) -> torch.Tensor:
         """``G(z)`` for ``count`` draws of ``z ~ N(0, I)``."""
         device = next(self.generator.parameters()).device
-        return self.generator(torch.randn(count, self.latent_size, device=device))
+        return self.generator(torch.randn(count, self.latent_dim, device=device))

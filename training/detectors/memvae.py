@@ -97,7 +97,14 @@ class GaussianEncoder(nn.Module):
 
 @register
 class MemVAE(Detector):
-    """Memory-augmented VAE scored by its reconstruction error from the mean latent."""
+    """Memory-augmented VAE scored by its reconstruction error from the mean latent.
+
+    Options: ``preset`` (``mnist`` or ``cifar10``: defaults of ``memory_slots``, ``memory_dim``,
+    ``latent_dim``), ``shrink_threshold`` (None: 1 / slots), ``base_width`` / ``max_width`` (conv blocks),
+    ``hidden_dim`` (the encoder's hidden layer), ``kl_weight`` (KL in the loss), ``entropy_weight``
+    (addressing entropy in the loss), ``error`` (``squared`` or ``abs``), ``score_kl_weight`` (KL in the
+    score), ``weight_decay`` (Adam).
+    """
 
     name = "memvae"
 
