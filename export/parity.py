@@ -24,6 +24,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from inspector.normalization import is_anomalous
 from inspector.export.onnx_export import ScoringGraph
 from inspector.artifact import INPUT_NAME, MAP_OUTPUT, SCORE_OUTPUT
 from inspector.errors import InspectorError
@@ -145,7 +146,8 @@ def scoring_parity(
     """Compare the fused scoring graph in onnxruntime with ``detector.forward`` on ``images`` [N, C, H, W].
 
     The torch reference runs once per batch size on the same batches as onnxruntime, so each side sees the
-    same batch composition; decisions are ``score > image_threshold`` and ``anomaly_map > pixel_threshold``.
+    same batch composition; decisions are the shared :func:`inspector.normalization.is_anomalous` at the raw
+    calibrated thresholds (above them is anomalous, as after normalisation).
     """
     if len(images) == 0:
         raise InspectorError("no images to check the export with; pass --parity-images DIR")
@@ -175,10 +177,14 @@ def scoring_parity(
                 batch_worst[name] = max(batch_worst[name], diff)
                 allowed[name] = max(allowed[name], _allowed(theirs, tolerance))
             image_flips += int(
-                np.count_nonzero((onnx_score > image_threshold) != (torch_score > image_threshold))
+                np.count_nonzero(
+                    is_anomalous(onnx_score, image_threshold) != is_anomalous(torch_score, image_threshold)
+                )
             )
             pixel_flips += int(
-                np.count_nonzero((onnx_map > pixel_threshold) != (torch_map > pixel_threshold))
+                np.count_nonzero(
+                    is_anomalous(onnx_map, pixel_threshold) != is_anomalous(torch_map, pixel_threshold)
+                )
             )
         by_batch[str(batch_size)] = batch_worst
         worst = {name: max(value, batch_worst[name]) for name, value in worst.items()}

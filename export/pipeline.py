@@ -106,7 +106,12 @@ def export_run(
 
     images, source, trained_on = _parity_inputs(config, parity_images)
     metadata = ModelMetadata.from_calibration(
-        config.detector, config.input_size, config.channels, calibration, trained_on
+        config.detector,
+        config.input_size,
+        config.channels,
+        calibration,
+        trained_on,
+        min_region_area=config.calibration.min_region_area,
     )
     checked = export_detector(
         detector,

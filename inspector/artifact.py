@@ -1,4 +1,4 @@
-"""The model-artifact contract between export and runtime (see DESIGN.md).
+"""The model-artifact contract between export and runtime (see docs/architecture.md, section 4).
 
 ``model.onnx`` carries a JSON object under the ONNX ``metadata_props`` key ``inspector``. This module
 defines that object, builds it from a calibration and validates it when a model is loaded.
@@ -24,6 +24,15 @@ SCORE_OUTPUT = "score"
 MAP_OUTPUT = "anomaly_map"
 #: The smallest and largest model input side (pixels) a config or a model file may declare.
 INPUT_SIDE_LIMITS = (8, 8192)
+#: The preprocessing of ``inspector.preprocess.to_model_input``, stated for clients in other languages.
+PREPROCESSING = {
+    "decode": "8-bit RGB; 16-bit scaled by 255/65535; gray and palette expanded; alpha dropped; EXIF orientation applied",
+    "resize": "whole image to input_size (no crop); OpenCV INTER_AREA when either side shrinks, else INTER_LINEAR",
+    "color": "RGB order; with channels 1, ITU-R BT.601 luma of the resized RGB",
+    "range": "float32, value / 255, in [0, 1]",
+    "layout": "NCHW",
+    "anomaly_map": "at input_size; resized to the original image bilinearly",
+}
 #: What a user who has no model file yet should do.
 MODEL_HINT = "export one with `inspector export RUN_DIR --onnx`"
 
@@ -63,6 +72,10 @@ class ModelMetadata:
     created: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
     inspector_version: str = __version__
     parity: dict[str, Any] | None = None
+    #: Defect regions smaller than this (in the model map's pixels, at ``input_size``) are not reported.
+    min_region_area: int = 0
+    #: What a client outside Python must do to an image before the graph (docs/architecture.md, section 4).
+    preprocessing: dict[str, Any] = field(default_factory=lambda: dict(PREPROCESSING))
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -73,6 +86,7 @@ class ModelMetadata:
         channels: int,
         calibration: Calibration | None,
         trained_on: dict[str, Any],
+        min_region_area: int = 0,
     ) -> ModelMetadata:
         """Build metadata from a run's calibration (``None``: uncalibrated, thresholds at 0.5 of [0, 1])."""
         if calibration is None:
@@ -85,6 +99,7 @@ class ModelMetadata:
                 normalization={"image": [0.0, 1.0], "pixel": [0.0, 1.0]},
                 calibration={"method": "none"},
                 trained_on=trained_on,
+                min_region_area=int(min_region_area),
             )
         return cls(
             detector=detector,
@@ -102,6 +117,7 @@ class ModelMetadata:
                 "data": calibration.data,
             },
             trained_on=trained_on,
+            min_region_area=int(min_region_area),
         )
 
     def to_calibration(self) -> Calibration:
@@ -232,3 +248,8 @@ def _check_fields(values: dict[str, Any], source: str) -> None:
         fail("parity", "an object or null")
     if "extra" in values and not isinstance(values["extra"], dict):
         fail("extra", "an object")
+    if "preprocessing" in values and not isinstance(values["preprocessing"], dict):
+        fail("preprocessing", "an object")
+    area = values.get("min_region_area", 0)
+    if not (isinstance(area, int) and not isinstance(area, bool) and 0 <= area <= high * high):
+        fail("min_region_area", f"an integer from 0 to {high * high}")

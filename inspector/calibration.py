@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from inspector.metrics import f1_curve
-from inspector.normalization import normalize
+from inspector.normalization import CALIBRATED, is_anomalous, normalize
 
 
 @dataclass
@@ -39,6 +39,14 @@ class Calibration:
     def normalize_anomaly_maps(self, raw: np.ndarray) -> np.ndarray:
         """Normalised anomaly maps: 0.5 at the pixel threshold."""
         return normalize(raw, self.pixel_threshold, self.pixel_min, self.pixel_max)
+
+    def flag_images(self, raw_scores: np.ndarray, threshold: float = CALIBRATED) -> np.ndarray:
+        """Which raw image scores are anomalous at a normalised ``threshold`` (0.5: as calibrated)."""
+        return is_anomalous(self.normalize_image_scores(raw_scores), threshold)
+
+    def flag_pixels(self, raw_maps: np.ndarray, threshold: float = CALIBRATED) -> np.ndarray:
+        """Which raw anomaly-map pixels are defect pixels at a normalised ``threshold``."""
+        return is_anomalous(self.normalize_anomaly_maps(raw_maps), threshold)
 
     def to_dict(self) -> dict[str, Any]:
         return {key: _plain(value) for key, value in asdict(self).items()}

@@ -62,8 +62,8 @@ class CalibrationConfig:
     method: str = "auto"
     false_reject_rate: float = 0.01
     pixel_false_positive_rate: float = 0.001
-    #: Defect regions smaller than this many pixels (at the image's own resolution, per 256x256 of it)
-    #: are not reported; stored in the model metadata for the runtime.
+    #: Defect regions smaller than this many pixels of the model's anomaly map (at ``input_size``) are not
+    #: reported; stored in the model metadata for the runtime.
     min_region_area: int = 16
 
 

@@ -15,6 +15,8 @@ from typing import Any
 import cv2
 import numpy as np
 
+from inspector.normalization import is_anomalous
+
 AUPRO_FPR_LIMIT = 0.3
 
 
@@ -95,7 +97,8 @@ def average_precision(labels: Any, scores: Any) -> float:
 
 
 def f1_at_threshold(labels: Any, scores: Any, threshold: float) -> float:
-    """F1 of the anomalous class when ``score >= threshold`` is predicted anomalous (0.0 when undefined).
+    """F1 of the anomalous class with the project's decision (:func:`inspector.normalization.is_anomalous`:
+    ``score > threshold`` is anomalous); 0.0 when undefined.
 
     Example:
         >>> f1_at_threshold([0, 1, 1], [0.2, 0.6, 0.4], threshold=0.5)
@@ -103,7 +106,7 @@ def f1_at_threshold(labels: Any, scores: Any, threshold: float) -> float:
     """
     positives, scores = _check_pair(labels, scores)
     # a float64 threshold keeps its exact value against float32 scores (a Python float would be rounded)
-    predicted = np.greater_equal(scores, np.float64(threshold))
+    predicted = is_anomalous(scores, np.float64(threshold))
     true_pos = int(np.count_nonzero(predicted & positives))
     denominator = int(np.count_nonzero(positives)) + int(np.count_nonzero(predicted))
     return 2.0 * true_pos / denominator if denominator else 0.0

@@ -1,4 +1,5 @@
-"""The one normalisation of raw scores, shared by evaluation and the runtime."""
+"""The one normalisation of raw scores and the one anomalous/normal decision, shared by evaluation, the
+export's parity check and the runtime."""
 
 from __future__ import annotations
 
@@ -20,3 +21,16 @@ def normalize(raw: np.ndarray | float, threshold: float, minimum: float, maximum
         span = 1.0  # a degenerate calibration (all scores equal) still puts the threshold at 0.5
     values = (np.asarray(raw, dtype=np.float32) - np.float32(threshold)) / np.float32(span) + np.float32(0.5)
     return np.clip(values, 0.0, 1.0)
+
+
+#: A normalised score or map value at the calibrated threshold.
+CALIBRATED = 0.5
+
+
+def is_anomalous(normalised: np.ndarray | float, threshold: float = CALIBRATED) -> np.ndarray:
+    """The anomalous/normal decision on normalised scores or maps: strictly above ``threshold``.
+
+    A score equal to the calibrated threshold is normal: the quantile calibration's promise is about
+    normal parts scoring *above* its threshold.
+    """
+    return np.asarray(normalised) > threshold

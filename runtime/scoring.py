@@ -1,6 +1,6 @@
 """Turn images into inspections: shared preprocessing, the model, shared normalisation, labels and regions.
 
-Thresholds here are *normalised*: 0.5 is the calibrated threshold stored in the model (see DESIGN.md), a
+Thresholds here are *normalised*: 0.5 is the calibrated threshold stored in the model (see docs/architecture.md, section 4), a
 higher value flags fewer images, a lower one more. Raw scores are always reported alongside.
 """
 
@@ -15,10 +15,10 @@ import cv2
 import numpy as np
 
 from inspector.errors import InspectorError
+from inspector.normalization import CALIBRATED, is_anomalous
 from inspector.preprocess import prepare_batch, resize_map
 from inspector.runtime.session import ModelSession
 
-CALIBRATED = 0.5
 # Regions of larger images are found on a grid of at most this many pixels (scaled back to original
 # pixels): still many times finer than the model's map, and a 24 MP photo costs milliseconds, not seconds.
 MAX_GRID_PIXELS = 1 << 20
@@ -51,6 +51,7 @@ class RegionGrid:
     """The normalised map and defect mask on the working grid, with the scale from grid to original pixels.
 
     The grid is the original resolution, or for images above ``MAX_GRID_PIXELS`` a proportionally smaller one.
+    ``min_area`` is the smallest region kept, in grid pixels; :meth:`regions` drops smaller ones from the mask.
     """
 
     anomaly_map: np.ndarray
@@ -58,19 +59,35 @@ class RegionGrid:
     scale_x: float
     scale_y: float
     image_size: tuple[int, int]
+    min_area: float = 0.0
 
     @classmethod
     def build(
-        cls, anomaly_map: np.ndarray, image_size: tuple[int, int], pixel_threshold: float
+        cls,
+        anomaly_map: np.ndarray,
+        image_size: tuple[int, int],
+        pixel_threshold: float,
+        min_region_area: int = 0,
     ) -> RegionGrid:
+        """The grid of an ``anomaly_map`` (normalised, at the model's resolution) laid onto an image of
+        ``image_size``; ``min_region_area`` is in the model map's pixels (the metadata's unit)."""
         height, width = image_size
         shrink = min(1.0, math.sqrt(MAX_GRID_PIXELS / float(height * width)))
         grid_height, grid_width = max(1, round(height * shrink)), max(1, round(width * shrink))
         grid_map = resize_map(anomaly_map, grid_height, grid_width)
-        return cls(grid_map, grid_map > pixel_threshold, width / grid_width, height / grid_height, image_size)
+        min_area = min_region_area * (grid_height * grid_width) / float(anomaly_map.size)
+        return cls(
+            grid_map,
+            is_anomalous(grid_map, pixel_threshold),
+            width / grid_width,
+            height / grid_height,
+            image_size,
+            min_area,
+        )
 
     def regions(self) -> list[DefectRegion]:
-        """Connected components (8-connected) of the mask, largest first, in original pixels."""
+        """Connected components (8-connected) of the mask of at least ``min_area``, largest first, in
+        original pixels. Smaller components are removed from the mask, so contours show what is listed."""
         if not self.mask.any():
             return []
         # Label only the box around the defect pixels: the cost then follows the defects, not the image.
@@ -87,6 +104,9 @@ class RegionGrid:
         regions = []
         for index in range(1, count):
             x, y, w, h, area = (int(v) for v in stats[index])
+            if area < self.min_area:
+                self.mask[window][labels == index] = False
+                continue
             # The peak inside the component's own box: far cheaper than a scatter-max over the whole grid.
             inside = labels[y : y + h, x : x + w] == index
             peak = float(box_map[y : y + h, x : x + w][inside].max())
@@ -212,6 +232,7 @@ class Scorer:
         self.calibration = session.calibration
         self.image_threshold = check_threshold(image_threshold, "--threshold")
         self.pixel_threshold = check_threshold(pixel_threshold, "--pixel-threshold")
+        self.min_region_area = session.metadata.min_region_area
 
     def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
         return prepare_batch(images, self.session.input_size, self.session.channels)
@@ -226,15 +247,18 @@ class Scorer:
         # Normalising the small map before any resize gives the same mask as normalising after it:
         # normalisation is monotone and the threshold lies inside its clip range.
         anomaly_map = self.calibration.normalize_anomaly_maps(raw_map)
-        grid = RegionGrid.build(anomaly_map, image_size, self.pixel_threshold)
+        grid = RegionGrid.build(anomaly_map, image_size, self.pixel_threshold, self.min_region_area)
+        anomalous = bool(is_anomalous(score, self.image_threshold))
         return Inspection(
             score=score,
             raw_score=float(raw_score),
-            anomalous=score > self.image_threshold,
+            anomalous=anomalous,
             anomaly_map=anomaly_map,
             image_size=image_size,
             pixel_threshold=self.pixel_threshold,
-            defect_regions=grid.regions(),
+            # Regions say where an anomalous image's defect is: a normal image lists none, so the verdict
+            # and the regions never disagree.
+            defect_regions=grid.regions() if anomalous else [],
             grid=grid,
             _full_map=grid.anomaly_map if grid.anomaly_map.shape == image_size else None,
         )

@@ -52,7 +52,7 @@ def test_ranking_metrics_match_scikit_learn_with_ties(seed: int) -> None:
     np.testing.assert_array_equal(pr_thresholds, sk_pr_thresholds)
 
     for threshold in (-0.5, 0.0, 0.5, 1.2):
-        expected = sk.f1_score(labels, scores >= threshold, zero_division=0.0)
+        expected = sk.f1_score(labels, scores > np.float64(threshold), zero_division=0.0)
         assert f1_at_threshold(labels, scores, threshold) == pytest.approx(expected, abs=1e-12)
 
     # the lowest FPR whose TPR reaches 95%, read off scikit-learn's full curve
@@ -184,7 +184,7 @@ def test_pixel_metrics_agree_with_scikit_learn_and_aupro() -> None:
     assert set(results) == {"pixel_auroc", "pixel_ap", "aupro", "pixel_f1"}
     assert results["pixel_auroc"] == pytest.approx(sk.roc_auc_score(pixels, values), abs=1e-12)
     assert results["pixel_ap"] == pytest.approx(sk.average_precision_score(pixels, values), abs=1e-12)
-    assert results["pixel_f1"] == pytest.approx(sk.f1_score(pixels, values >= np.float32(0.8)), abs=1e-12)
+    assert results["pixel_f1"] == pytest.approx(sk.f1_score(pixels, values > np.float64(0.8)), abs=1e-12)
     assert results["aupro"] == pytest.approx(aupro(masks, maps[:, 0]), abs=1e-12)
     assert "pixel_f1" not in pixel_metrics(masks, maps[:, 0])
 
@@ -205,4 +205,4 @@ def test_image_metrics_report_the_metrics_json_keys() -> None:
     assert set(results) == {"image_auroc", "image_ap", "fpr_at_95_tpr"}
     assert results["image_auroc"] == pytest.approx(sk.roc_auc_score(labels, scores))
     with_threshold = image_metrics(labels, scores, threshold=0.5)
-    assert with_threshold["image_f1"] == pytest.approx(sk.f1_score(labels, scores >= 0.5))
+    assert with_threshold["image_f1"] == pytest.approx(sk.f1_score(labels, scores > 0.5))

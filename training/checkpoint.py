@@ -23,6 +23,7 @@ from inspector import __version__
 from inspector.config import TrainConfig, config_from_dict, load_config
 from inspector.errors import InspectorError
 from inspector.io import atomic_write, atomic_write_text, display_path  # noqa: F401 - the trainer writes through these
+from inspector.training.detectors.renamed import upgrade_options
 from inspector.training.detectors.base import Detector, build_detector
 
 #: Bumped when a checkpoint written by an older version can no longer be read.
@@ -206,6 +207,8 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
             f"{display_path(path)}: not a readable inspector checkpoint ({_first_line(error)})"
         ) from None
     check_checkpoint(state, display_path(path))
+    # Options saved under names an older version used still build the detector (weights are unchanged).
+    state["detector_options"] = upgrade_options(state["detector"], state["detector_options"])
     return state
 
 

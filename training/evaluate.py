@@ -223,7 +223,7 @@ def _override_data(data: DataConfig, overrides: dict[str, Any]) -> DataConfig:
 def _test_metrics(test: ScoredSplit, calibration: Calibration, notes: list[str]) -> dict[str, Any]:
     metrics: dict[str, Any] = {}
     normal, anomalous = test.labels == 0, test.labels == 1
-    flagged = test.scores >= calibration.image_threshold
+    flagged = calibration.flag_images(test.scores)
     if normal.any():
         metrics["false_reject_rate"] = float(np.mean(flagged[normal]))
     if anomalous.any():

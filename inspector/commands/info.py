@@ -18,7 +18,7 @@ from inspector.errors import ArtifactError, InspectorError
 from inspector.io import check_regular_file
 
 COMPONENT_METADATA_KEY = "inspector_component"  # written by export/writer.py for components/*.onnx
-# onnxruntime's element names, as numpy (and the artifact contract in DESIGN.md) spell them.
+# onnxruntime's element names, as numpy (and the artifact contract in docs/architecture.md) spell them.
 _NUMPY_NAMES = {"float": "float32", "double": "float64", "float16": "float16"}
 
 

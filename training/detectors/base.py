@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from inspector.errors import InspectorError
+from inspector.training.detectors.renamed import check_renamed_options
 
 Batch = dict[str, torch.Tensor]
 
@@ -114,10 +115,10 @@ class Detector(nn.Module):
         generator = torch.Generator().manual_seed(0)
         return (torch.rand(batch_size, self.channels, *self.input_size, generator=generator),)
 
-    def example_latents(self, batch_size: int, latent_size: int) -> tuple[torch.Tensor]:
-        """A seeded batch of N(0, I) latent codes ``[N, latent_size]``: the example input of latent-fed graphs."""
+    def example_latents(self, batch_size: int, latent_dim: int) -> tuple[torch.Tensor]:
+        """A seeded batch of N(0, I) latent codes ``[N, latent_dim]``: the example input of latent-fed graphs."""
         generator = torch.Generator().manual_seed(1)
-        return (torch.randn(batch_size, latent_size, generator=generator),)
+        return (torch.randn(batch_size, latent_dim, generator=generator),)
 
     @torch.no_grad()
     def visuals(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -181,6 +182,7 @@ def build_detector(
 ) -> Detector:
     """Build a registered detector from its name, input size, channel count and options."""
     cls = get_detector_class(name)
+    check_renamed_options(name, options or {})
     try:
         return cls(input_size=tuple(input_size), channels=channels, **(options or {}))
     except TypeError as error:
