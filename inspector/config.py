@@ -49,6 +49,9 @@ class DataConfig:
     normal_test_dir: str | None = None
     normal_class: int | None = None
     anomaly_source: str | None = None
+    #: Share of synthetic anomalies drawn as thin curve segments (scratch- and crack-like) instead of
+    #: DRAEM's Perlin blobs.
+    line_anomaly_probability: float = 0.0
     val_fraction: float = 0.1
     train_limit: int | None = None
     test_limit: int | None = None
@@ -230,6 +233,7 @@ def _check_ranges(config: TrainConfig, source: str) -> None:
         "data.train_limit": (lambda v: v is None or v >= 1, "at least 1 (or null: all)"),
         "data.test_limit": (lambda v: v is None or v >= 1, "at least 1 (or null: all)"),
         "data.workers": (lambda v: v >= 0, "0 or more"),
+        "data.line_anomaly_probability": (lambda v: 0 <= v <= 1, "from 0 to 1"),
         "calibration.method": (
             lambda v: v in CALIBRATION_METHODS,
             f"one of {', '.join(CALIBRATION_METHODS)}",

@@ -318,3 +318,16 @@ def test_rotation_rotates_the_target_too():
         item = dataset[index]
         assert not torch.equal(item["image"], _base(4)[index]["image"])
         assert torch.equal(item["augmented"], item["image"]) and item["has_anomaly"] == 0
+
+
+def test_line_anomalies_are_thin_curve_segments():
+    from inspector.training.data.perlin import perlin_line_mask
+
+    rng = np.random.default_rng(0)
+    masks = [perlin_line_mask((96, 96), rng, max_width=4) for _ in range(20)]
+    assert sum(mask.any() for mask in masks) >= 15
+    drawn = np.stack(masks).astype(np.uint8)
+    assert set(np.unique(drawn)) <= {0, 1}
+    # Thin: eroding by a 5x5 square leaves (almost) nothing of curves at most 4 pixels wide (crossings aside).
+    left = sum(int(cv2.erode(mask, np.ones((5, 5), np.uint8)).sum()) for mask in drawn)
+    assert left < 0.02 * drawn.sum()

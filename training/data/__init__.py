@@ -49,6 +49,12 @@ def training_datasets(
         from inspector.training.data.synthesis import SyntheticAnomalyDataset
 
         source = anomaly_source_from_config(config)
-        train_set = SyntheticAnomalyDataset(train_set, source, seed=config.seed, crop_size=config.crop_size)
+        train_set = SyntheticAnomalyDataset(
+            train_set,
+            source,
+            seed=config.seed,
+            crop_size=config.crop_size,
+            line_probability=config.data.line_anomaly_probability,
+        )
         val_set = SyntheticAnomalyDataset(val_set, source, seed=config.seed + 1)
     return train_set, val_set

@@ -67,3 +67,22 @@ def perlin_mask(
     # Corners uncovered by the rotation read 0 (below the threshold): no anomaly there.
     noise = rotate(noise, angle)
     return (noise > threshold).astype(np.float32)
+
+
+def perlin_line_mask(shape: tuple[int, int], rng: np.random.Generator, max_width: int = 4) -> np.ndarray:
+    """A thin-line anomaly mask: float32 ``[H, W]`` in {0, 1}, 1 to ``max_width`` pixels wide.
+
+    The zero crossings of Perlin noise are smooth wandering curves; a coarse Perlin region keeps parts of
+    them, so a mask holds a few curve segments, the shape of scratches, cracks, hairs and creases, which
+    DRAEM's blob masks never make.
+    """
+    # 2 to 8 lattice cells per side: smooth curves, not squiggles.
+    scale_y = 2 ** int(rng.integers(1, 4))
+    scale_x = 2 ** int(rng.integers(1, 4))
+    positive = (perlin_noise(shape, scale_y, scale_x, rng) > 0).astype(np.uint8)
+    lines = cv2.morphologyEx(positive, cv2.MORPH_GRADIENT, np.ones((2, 2), np.uint8))
+    lines &= perlin_mask(shape, rng, max_scale_exp=3, threshold=0.3).astype(np.uint8)
+    width = int(rng.integers(1, max_width + 1))
+    if width > 2:
+        lines = cv2.dilate(lines, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (width - 1, width - 1)))
+    return lines.astype(np.float32)

@@ -27,7 +27,7 @@ from torch.utils.data import Dataset
 from inspector.preprocess import to_model_input
 from inspector.training.data.anomaly_source import AnomalySource
 from inspector.training.data.dataset import ImageDataset
-from inspector.training.data.perlin import perlin_mask, rotate
+from inspector.training.data.perlin import perlin_line_mask, perlin_mask, rotate
 
 Augmenter = Callable[[np.ndarray, np.random.Generator], np.ndarray]
 #: Memory for decoded training images per dataset copy (each data-loader worker holds its own).
@@ -93,6 +93,7 @@ class SyntheticAnomalyDataset(Dataset):
         rotate_probability: float = 0.3,
         beta_max: float = 0.8,
         crop_size: int | None = None,
+        line_probability: float = 0.0,
     ) -> None:
         self.base = base
         self.source = source
@@ -101,6 +102,7 @@ class SyntheticAnomalyDataset(Dataset):
         self.rotate_probability = rotate_probability
         self.beta_max = beta_max
         self.crop_size = crop_size
+        self.line_probability = line_probability
         self.epoch = 0
         # Decoded normal images at the input size, kept while they fit (decoding is most of an item's cost).
         self._images: dict[int, np.ndarray] = {}
@@ -143,7 +145,7 @@ class SyntheticAnomalyDataset(Dataset):
         image = to_model_input(rgb, size, channels)
         augmented, mask = image, np.zeros((1, *size), np.float32)
         if rng.random() < self.anomaly_probability:
-            region = _non_empty_perlin_mask(size, rng)
+            region = _non_empty_mask(size, rng, self.line_probability)
             if region is not None:
                 texture = self.augment_texture(self.source.sample(rng, size), rng)
                 # Blending in the model's channels equals blending in RGB then converting: luma is linear.
@@ -168,12 +170,13 @@ def _random_crop(image: np.ndarray, side: int, rng: np.random.Generator) -> np.n
     return image[top : top + side_y, left : left + side_x]
 
 
-def _non_empty_perlin_mask(
-    size: tuple[int, int], rng: np.random.Generator, tries: int = 4
+def _non_empty_mask(
+    size: tuple[int, int], rng: np.random.Generator, line_probability: float = 0.0, tries: int = 4
 ) -> np.ndarray | None:
     # About 5 % of Perlin masks are empty at threshold 0.5; redrawing keeps the anomalous half anomalous.
+    make = perlin_line_mask if rng.random() < line_probability else perlin_mask
     for _ in range(tries):
-        region = perlin_mask(size, rng)
+        region = make(size, rng)
         if region.any():
             return region
     return None
