@@ -8,8 +8,14 @@ import click
 
 from inspector import __version__
 from inspector.errors import InspectorError
-
-EXIT_OK, EXIT_ANOMALY, EXIT_USAGE = 0, 1, 2
+from inspector.exit_codes import (  # noqa: F401 - the CLI's exit codes, importable from here too
+    EXIT_ANOMALY,
+    EXIT_CHECK_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_TERMINATED,
+    EXIT_USAGE,
+)
 #: What the ``train`` extra adds; a command that needs one of them on a base install says to install it.
 TRAINING_EXTRA_MODULES = ("torch", "torchvision", "onnx", "albumentations", "matplotlib")
 DISTRIBUTION = "inspector-vision"
@@ -18,7 +24,11 @@ DISTRIBUTION = "inspector-vision"
 class InspectorGroup(click.Group):
     """Turns :class:`InspectorError`, a file-system error (a full disk, a read-only folder, a file where a
     folder should be) and a missing training extra into one line on stderr and exit code 2, with no
-    traceback."""
+    traceback. Commands are listed in the order of the pipeline (demo, train, eval, export, info, inspect,
+    watch, bench), not alphabetically."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return list(self.commands)
 
     def invoke(self, ctx: click.Context):
         try:

@@ -9,3 +9,8 @@ Imports numpy, OpenCV, onnxruntime and ``inspector`` only, so an edge box needs 
 - ``sources`` and ``watch``: ``inspector watch`` on cameras, videos, streams and folders.
 - ``bench``: model-only versus end-to-end throughput.
 """
+
+# Named here, in the package module that imports nothing, so that the CLI can offer them without loading
+# onnxruntime and OpenCV.
+#: ``--save`` of ``inspect``, ``watch`` and ``bench``: which heatmap overlays are written to OUT/overlays/.
+SAVE_CHOICES = ("all", "anomalous", "none")

@@ -22,14 +22,23 @@ import numpy as np
 from inspector.errors import ImageReadError, InspectorError
 from inspector.io import FolderLock, atomic_write_text, display_path, is_inside, list_images, os_error_text
 from inspector.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_image
-from inspector.runtime.overlay import render_mask, render_overlay, write_image
+from inspector.runtime.overlay import (
+    MASK_SUFFIX,
+    OVERLAY_SUFFIX,
+    OVERLAYS_DIR,
+    SAVE_CHOICES,
+    output_stems,
+    render_mask,
+    render_overlay,
+    wants_overlay,
+    write_image,
+)
 from inspector.runtime.report import Report
+from inspector.runtime.result import Result
 from inspector.runtime.scoring import Scorer
 from inspector.runtime.session import physical_cores
 
-SAVE_CHOICES = ("all", "anomalous", "none")
 SUMMARY_NAME = "summary.json"
-OVERLAYS_DIR = "overlays"
 MASKS_DIR = "masks"
 DEFAULT_BATCH_SIZE = 8
 SLOWEST_LISTED = 5
@@ -138,7 +147,7 @@ def _inspect(
     if on_total:
         on_total(len(todo))
     records = list(report.previous.values())
-    run = _Run(scorer, out_dir, save, save_masks, max_pixels)
+    run = _Run(scorer, out_dir, save, save_masks, output_stems([key for key, _ in images]), max_pixels)
     started = time.perf_counter()
     failure: BaseException | None = None
     try:
@@ -185,6 +194,7 @@ class _Run:
     out_dir: Path
     save: str
     save_masks: bool
+    stems: dict[str, str]  # report key -> overlay and mask name without extension (output_stems)
     max_pixels: int | None = DEFAULT_MAX_PIXELS
     processed: int = 0
     model_seconds: float = 0.0
@@ -274,47 +284,22 @@ def _finish(item: _Item, raw_score: float, raw_map: np.ndarray, run: _Run) -> di
     started = time.perf_counter()
     image = item.image
     assert image is not None
-    inspection = run.scorer.finish(image.shape, raw_score, raw_map)
-    overlay_name = mask_name = None
-    if run.save == "all" or (run.save == "anomalous" and inspection.anomalous):
-        overlay_name = f"{OVERLAYS_DIR}/{item.key}.jpg"
-        write_image(run.out_dir / overlay_name, render_overlay(image, inspection))
+    result = Result(run.scorer.finish(image.shape, raw_score, raw_map), path=item.key)
+    stem = run.stems[item.key]
+    if wants_overlay(run.save, result.anomalous):
+        result.overlay = f"{OVERLAYS_DIR}/{stem}{OVERLAY_SUFFIX}"
+        write_image(run.out_dir / result.overlay, render_overlay(image, result.inspection))
     if run.save_masks:
-        mask_name = f"{MASKS_DIR}/{item.key}.png"
-        write_image(run.out_dir / mask_name, render_mask(inspection))
+        result.mask = f"{MASKS_DIR}/{stem}{MASK_SUFFIX}"
+        write_image(run.out_dir / result.mask, render_mask(result.inspection))
     item.image = None  # release the decoded image as soon as possible
     item.seconds += time.perf_counter() - started
-    return {
-        "path": item.key,
-        "status": "ok",
-        "label": inspection.label,
-        "score": round(inspection.score, 6),
-        "raw_score": float(inspection.raw_score),
-        "width": int(image.shape[1]),
-        "height": int(image.shape[0]),
-        "regions": [region.to_dict() for region in inspection.defect_regions],
-        "time_ms": round(item.seconds * 1000.0, 2),
-        "overlay": overlay_name,
-        "mask": mask_name,
-        "error": None,
-    }
+    result.seconds = item.seconds
+    return result.to_record()
 
 
 def _unreadable_record(item: _Item) -> dict[str, Any]:
-    return {
-        "path": item.key,
-        "status": "unreadable",
-        "label": None,
-        "score": None,
-        "raw_score": None,
-        "width": None,
-        "height": None,
-        "regions": [],
-        "time_ms": round(item.seconds * 1000.0, 2),
-        "overlay": None,
-        "mask": None,
-        "error": item.error,
-    }
+    return Result(path=item.key, seconds=item.seconds, error=item.error).to_record()
 
 
 def _reason(error: Exception, path: Path) -> str:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from contextlib import suppress
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import cv2
 import numpy as np
 
 from inspector.errors import InspectorError
 from inspector.io import display_path
+from inspector.runtime import SAVE_CHOICES  # noqa: F401 - re-exported with the other overlay names
 from inspector.runtime.scoring import Inspection
 
 COLORMAP = cv2.COLORMAP_INFERNO  # perceptually uniform and readable in grayscale, unlike JET
@@ -78,6 +80,50 @@ def draw_badge(image_bgr: np.ndarray, text: str, color: tuple[int, int, int], ro
 def render_mask(inspection: Inspection) -> np.ndarray:
     """The defect mask at the original resolution: 255 where defective, 0 elsewhere."""
     return inspection.defect_mask().astype(np.uint8) * 255
+
+
+OVERLAYS_DIR = "overlays"
+OVERLAY_SUFFIX = ".jpg"
+MASK_SUFFIX = ".png"
+
+
+def wants_overlay(save: str, anomalous: bool) -> bool:
+    """Whether ``--save`` asks for this image's overlay."""
+    return save == "all" or (save == "anomalous" and anomalous)
+
+
+def output_stems(keys: Sequence[str]) -> dict[str, str]:
+    """The name (without extension) each image's overlay and mask get: its path without the image
+    extension (``line2/part_01.png`` -> ``line2/part_01``, written as ``line2/part_01.jpg``).
+
+    Only a name that clashes with an earlier key's (``part.png`` and ``part.tif``; compared without
+    regard to case, for case-insensitive file systems) gets a suffix: ``part-2``, ``part-3``... never one
+    that another key uses. Names follow from the whole list, so a resumed run names the same way.
+    """
+    stems = {key: PurePosixPath(key).with_suffix("").as_posix() for key in keys}
+    first: dict[str, str] = {}
+    for key in keys:
+        first.setdefault(stems[key].casefold(), key)
+    taken = set(first)
+    for key in keys:
+        stem = stems[key]
+        if first[stem.casefold()] == key:
+            continue
+        number = 2
+        while f"{stem}-{number}".casefold() in taken:
+            number += 1
+        stems[key] = f"{stem}-{number}"
+        taken.add(stems[key].casefold())
+    return stems
+
+
+def free_name(folder: Path, stem: str, suffix: str) -> str:
+    """``stem + suffix``, or ``stem-2 + suffix``... when a file of that name is already in ``folder``
+    (an earlier run's overlay that its own event log points to)."""
+    name, number = stem + suffix, 2
+    while (folder / name).exists():
+        name, number = f"{stem}-{number}{suffix}", number + 1
+    return name
 
 
 def write_image(path: str | Path, image: np.ndarray, quality: int = 90) -> None:

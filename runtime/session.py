@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import logging
 import os
 import warnings
@@ -45,18 +46,33 @@ PROVIDERS = {
     "coreml": Provider(
         "CoreMLExecutionProvider", "onnxruntime on macOS (the Apple-silicon wheels), or onnxruntime-silicon"
     ),
+    "directml": Provider("DmlExecutionProvider", "onnxruntime-directml (Windows)"),
     "openvino": Provider("OpenVINOExecutionProvider", "onnxruntime-openvino"),
 }
 # `auto` takes the first of these that this onnxruntime build offers.
-AUTO_ORDER = ("cuda", "coreml", "cpu")
+AUTO_ORDER = ("cuda", "coreml", "directml", "openvino", "cpu")
 # Providers that a requested one is stacked on, so that operators it cannot run still have a home.
 _STACK = {
     "tensorrt": ("tensorrt", "cuda", "cpu"),
     "cuda": ("cuda", "cpu"),
     "coreml": ("coreml", "cpu"),
+    "directml": ("directml", "cpu"),
     "openvino": ("openvino", "cpu"),
     "cpu": ("cpu",),
 }
+#: The distributions that install the ``onnxruntime`` module, one per provider family. They overwrite each
+#: other's files, so exactly one may be installed (README, "Install groups").
+ONNXRUNTIME_DISTRIBUTIONS = (
+    "onnxruntime",
+    "onnxruntime-gpu",
+    "onnxruntime-directml",
+    "onnxruntime-openvino",
+    "onnxruntime-silicon",
+    "onnxruntime-qnn",
+    "onnxruntime-rocm",
+    "onnxruntime-migraphx",
+    "onnxruntime-training",
+)
 
 
 def choose_providers(
@@ -87,6 +103,68 @@ def choose_providers(
     if strict:
         raise InspectorError(message + " (or drop --strict-device to fall back to the CPU)")
     return [CPU], message + "; running on the CPU"
+
+
+def onnxruntime_clash(installed: Sequence[str] | None = None, in_use: str | None = None) -> str | None:
+    """A one-line warning when more than one onnxruntime distribution is installed, else None.
+
+    ``onnxruntime`` and ``onnxruntime-gpu`` (or ``-directml``, ``-openvino``...) all install the one
+    ``onnxruntime`` module; the files of whichever was installed last are the ones Python imports, so
+    "install onnxruntime-gpu instead" leaves the CPU build in charge when ``onnxruntime`` came later (a
+    reinstall or upgrade of ``inspector-vision`` brings it back). ``installed`` and ``in_use`` default to
+    what ``importlib.metadata`` finds and the package name the imported build declares.
+    """
+    if installed is None:
+        installed = installed_onnxruntime_distributions()
+    if len(installed) < 2:
+        return None
+    if in_use is None:
+        in_use = _onnxruntime_build_name()
+    keep = in_use if in_use in installed and in_use != "onnxruntime" else None
+    keep = keep or next((name for name in installed if name != "onnxruntime"), installed[0])
+    names = " and ".join(installed) if len(installed) == 2 else ", ".join(installed)
+    winner = f"{in_use}'s won" if in_use else "which won is unknown"
+    return (
+        f"{names} are {'both' if len(installed) == 2 else 'all'} installed and overwrite each other's files: "
+        f"{winner} (providers: {', '.join(ort.get_available_providers())}); keep one: "
+        f"pip uninstall -y {' '.join(installed)} && pip install {keep}"
+    )
+
+
+def installed_onnxruntime_distributions() -> list[str]:
+    """The onnxruntime distributions installed in this environment (see :data:`ONNXRUNTIME_DISTRIBUTIONS`)."""
+    installed = []
+    for name in ONNXRUNTIME_DISTRIBUTIONS:
+        try:
+            importlib.metadata.distribution(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        installed.append(name)
+    return installed
+
+
+def _onnxruntime_build_name() -> str | None:
+    """The distribution whose files make up the imported onnxruntime (its build says so), or None."""
+    try:
+        from onnxruntime.capi import build_and_package_info
+    except ImportError:
+        return None
+    name = getattr(build_and_package_info, "package_name", None)
+    return name.replace("_", "-").lower() if isinstance(name, str) else None
+
+
+_clash_checked = False
+
+
+def warn_onnxruntime_clash(warn: Callable[[str], None]) -> None:
+    """Give :func:`onnxruntime_clash`'s warning once per process."""
+    global _clash_checked
+    if _clash_checked:
+        return
+    _clash_checked = True
+    message = onnxruntime_clash()
+    if message:
+        warn(message)
 
 
 def _stack(device: str, available: Sequence[str]) -> list[str]:
@@ -154,6 +232,7 @@ def load_model(
     """
     path = check_regular_file(path, "model file", MODEL_HINT)
     warn = warn or _warn
+    warn_onnxruntime_clash(warn)
     providers, warning = choose_providers(device, ort.get_available_providers(), strict_device)
     if warning:
         warn(warning)
@@ -163,6 +242,10 @@ def load_model(
     # With spinning, idle inference threads busy-wait between batches and starve the threads that decode
     # the next images; without it, decode and inference overlap on small machines.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if providers[0] == PROVIDERS["directml"].name:
+        # DirectML supports neither memory patterns nor parallel execution (onnxruntime's DirectML page).
+        options.enable_mem_pattern = False
+        options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)  # onnxruntime's provider notice; ours follows below

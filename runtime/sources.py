@@ -38,11 +38,13 @@ MAX_BACKOFF_S = 10.0
 
 @dataclass
 class Frame:
-    """One frame as RGB ``uint8``, its number in the source (gaps are dropped frames) and read time."""
+    """One frame as RGB ``uint8``, its number in the source (gaps are dropped frames) and read time;
+    ``name`` is the image file's path (relative to the folder) for a folder source, else None."""
 
     image: np.ndarray
     index: int
     captured_at: float
+    name: str | None = None
 
 
 class Source:
@@ -51,6 +53,8 @@ class Source:
     name: str = ""
     live: bool = False
     fps: float | None = None
+    #: The name of the frame :meth:`read` returned last (a folder source's file), else None.
+    frame_name: str | None = None
 
     def open(self) -> None:
         """Open the source; raise :class:`InspectorError` naming it when that is impossible."""
@@ -115,7 +119,8 @@ class CaptureSource(Source):
 
 class FolderSource(Source):
     """The images of a folder (or one image file) in name order, as frames; unreadable ones (corrupt, not
-    regular files, more than ``max_pixels`` pixels) are skipped with a warning."""
+    regular files, more than ``max_pixels`` pixels) are skipped with a warning. ``keys`` name the files
+    in results (paths relative to the folder; default: the paths as given)."""
 
     def __init__(
         self,
@@ -123,8 +128,10 @@ class FolderSource(Source):
         name: str,
         fps: float | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        keys: list[str] | None = None,
     ):
         self.paths = paths
+        self.keys = keys if keys is not None else [display_path(path) for path in paths]
         self.name = name
         self.fps = fps
         self.max_pixels = max_pixels
@@ -141,7 +148,9 @@ class FolderSource(Source):
             path = self.paths[self._next]
             self._next += 1
             try:
-                return read_image(path, self.max_pixels)
+                image = read_image(path, self.max_pixels)
+                self.frame_name = self.keys[self._next - 1]
+                return image
             except ImageReadError as error:
                 reason = str(error)
             except Exception as error:  # noqa: BLE001 - no file, however broken, may end the source
@@ -152,27 +161,35 @@ class FolderSource(Source):
 
 
 def open_source(
-    spec: str | int, fps: float | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    spec: str | int | os.PathLike[str],
+    fps: float | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    recursive: bool = False,
 ) -> Source:
     """Build the source a user named: a camera index (``0``), a URL (``rtsp://…``, ``http://…``), a folder
-    of images, an image file or a video file. ``fps`` paces folders played in real time; images of a
-    folder declaring more than ``max_pixels`` pixels are skipped undecoded.
+    of images (its sub-folders too with ``recursive``), an image file or a video file. ``fps`` paces
+    folders played in real time; images of a folder declaring more than ``max_pixels`` pixels are skipped
+    undecoded.
 
     Raises:
         InspectorError: the spec names nothing that exists.
     """
     if isinstance(spec, int) or str(spec).strip().isdigit():
         return CaptureSource(int(spec), live=True)
-    spec = str(spec)
+    spec = os.fspath(spec)
     if "://" in spec:
         return CaptureSource(spec, live=True)
     path = Path(spec)
-    if path.is_dir():
-        images = [image for _, image in list_images(path)]
-        return FolderSource(images, name=display_path(path), fps=fps, max_pixels=max_pixels)
+    if path.is_dir() or (path.is_file() and is_image_name(path.name)):
+        listed = list_images(path, recursive)
+        return FolderSource(
+            [image for _, image in listed],
+            name=display_path(path),
+            fps=fps,
+            max_pixels=max_pixels,
+            keys=[key for key, _ in listed],
+        )
     if path.is_file():
-        if is_image_name(path.name):
-            return FolderSource([path], name=display_path(path), fps=fps, max_pixels=max_pixels)
         return CaptureSource(str(path), live=False)
     raise InspectorError(f"{spec}: no such camera index, video file, image folder or stream URL")
 
@@ -246,7 +263,7 @@ class FrameReader:
                 if self.pace:
                     due = started + self.frames_read / fps
                     self._stop.wait(max(0.0, due - time.monotonic()))
-                self._hand_over(Frame(image, self.frames_read, time.monotonic()))
+                self._hand_over(Frame(image, self.frames_read, time.monotonic(), self.source.frame_name))
                 self.frames_read += 1
         except Exception as error:  # noqa: BLE001 - a crashed capture thread must end the run, not hang it
             self.notify(f"{self.source.name}: capture failed ({error}); stopping")

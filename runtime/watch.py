@@ -15,7 +15,6 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +23,24 @@ import numpy as np
 
 from inspector.errors import InspectorError
 from inspector.io import FolderLock, atomic_write_text, display_path, make_folder, os_error_text
-from inspector.runtime.overlay import draw_badge, render_overlay, write_image
-from inspector.runtime.scoring import Inspection, Scorer
+from inspector.runtime.overlay import (
+    OVERLAY_SUFFIX,
+    OVERLAYS_DIR,
+    SAVE_CHOICES,
+    draw_badge,
+    free_name,
+    render_overlay,
+    wants_overlay,
+    write_image,
+)
+from inspector.runtime.result import score_frame
+from inspector.runtime.scoring import Scorer
 from inspector.runtime.sources import FrameReader, Source
 
 EVENTS_NAME = "events.jsonl"
 SUMMARY_NAME = "summary.json"
 WINDOW_TITLE = "inspector watch (q to quit)"
 EVENT_CHOICES = ("anomalous", "all")
-SAVE_CHOICES = ("anomalous", "none")
 HUD_BGR = (50, 50, 50)
 DEFAULT_RECORD_FPS = 15.0  # for sources that do not report a frame rate
 # A live source's own frame rate is often wrong (FFmpeg says 25 for most MJPEG streams): the recording
@@ -60,11 +68,13 @@ def watch(
 
     Live sources (and files with ``realtime``) are read on a capture thread that keeps only the newest
     frame. ``events`` chooses which frames are logged to ``events.jsonl`` (anomalous or all), ``save``
-    whether overlays of anomalous frames are written to ``anomalies/``; ``record`` writes every overlay to a
-    video. ``stop`` lets a caller end the run from another thread.
+    which overlays are written to ``overlays/`` (all, anomalous or none, as ``inspect --save``); ``record``
+    writes every overlay to a video. ``stop`` lets a caller end the run from another thread.
     """
-    if events not in EVENT_CHOICES or save not in SAVE_CHOICES:
-        raise InspectorError(f"--events is one of {EVENT_CHOICES} and --save one of {SAVE_CHOICES}")
+    if events not in EVENT_CHOICES:
+        raise InspectorError(f"--events {events!r}: choose one of {', '.join(EVENT_CHOICES)}")
+    if save not in SAVE_CHOICES:
+        raise InspectorError(f"--save {save!r}: choose one of {', '.join(SAVE_CHOICES)}")
     out_dir = make_folder(out_dir)
     if record:
         _check_recording_path(Path(record))
@@ -115,22 +125,18 @@ def _watch(
                     if reader.ended:
                         break
                     continue
-                inspection = scorer.score([frame.image])[0]
-                overlay = render_overlay(frame.image, inspection)
-                latency = time.monotonic() - frame.captured_at
-                stats.add(latency, inspection.anomalous)
-                draw_badge(overlay, f"{stats.fps:.1f} FPS  {latency * 1000:.0f} ms", HUD_BGR, row=1)
+                result = score_frame(scorer, frame, source.name)
+                overlay = render_overlay(frame.image, result.inspection)
+                stats.add(result.latency, result.anomalous)
+                draw_badge(overlay, f"{stats.fps:.1f} FPS  {result.latency * 1000:.0f} ms", HUD_BGR, row=1)
                 if recorder:
                     recorder.write(overlay, frame.index, frame.captured_at)
-                overlay_name = None
-                if inspection.anomalous and save == "anomalous":
-                    overlay_name = f"anomalies/frame_{frame.index:07d}.jpg"
-                    write_image(out_dir / overlay_name, overlay)
-                if events == "all" or inspection.anomalous:
-                    line = json.dumps(
-                        _event(source, frame.index, inspection, latency, overlay_name), ensure_ascii=False
-                    )
-                    _append_line(event_log, events_path, line)
+                if wants_overlay(save, result.anomalous):
+                    name = free_name(out_dir / OVERLAYS_DIR, f"frame_{frame.index:07d}", OVERLAY_SUFFIX)
+                    result.overlay = f"{OVERLAYS_DIR}/{name}"
+                    write_image(out_dir / result.overlay, overlay)
+                if events == "all" or result.anomalous:
+                    _append_line(event_log, events_path, json.dumps(result.to_record(), ensure_ascii=False))
                 if not headless:
                     cv2.imshow(WINDOW_TITLE, overlay)
                     if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
@@ -185,22 +191,6 @@ def _check_recording_path(path: Path) -> None:
         raise InspectorError(f"cannot write the recording ({os_error_text(error, path)})") from None
     if not existed:
         path.unlink()
-
-
-def _event(
-    source: Source, index: int, inspection: Inspection, latency: float, overlay: str | None
-) -> dict[str, Any]:
-    return {
-        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
-        "source": source.name,
-        "frame": index,
-        "label": inspection.label,
-        "score": round(inspection.score, 6),
-        "raw_score": float(inspection.raw_score),
-        "regions": [region.to_dict() for region in inspection.defect_regions],
-        "latency_ms": round(latency * 1000.0, 1),
-        "overlay": overlay,
-    }
 
 
 class _Stats:

@@ -585,7 +585,7 @@ def test_a_link_into_the_output_folder_is_not_an_input_either(tmp_path, model):
     photos = good_parts(tmp_path / "photos", 2)
     out = tmp_path / "out"
     assert run("inspect", photos, "--model", model, "--out", out, "-q").exit_code == 0
-    os.symlink(out / "overlays" / "part_00.png.jpg", photos / "link_to_overlay.jpg")
+    os.symlink(out / "overlays" / "part_00.jpg", photos / "link_to_overlay.jpg")
     os.symlink(out, photos / "results.png")
     result = run("inspect", photos, "-r", "--model", model, "--out", out, "--force", "-q")
     assert result.exit_code == 0

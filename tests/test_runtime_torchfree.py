@@ -1,4 +1,5 @@
-"""The runtime on an edge box: inspect and watch run with torch, training, export and onnx unimportable."""
+"""The runtime on an edge box: inspect, watch and the Python API run with torch, training, export and onnx
+unimportable."""
 
 from __future__ import annotations
 
@@ -6,7 +7,6 @@ import json
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 from runtime_images import part, write_png, write_video
 from runtime_models import build_deviation_model
@@ -29,8 +29,8 @@ SCRIPT = textwrap.dedent(
 
     sys.meta_path.insert(0, Blocker())
     import inspector.runtime.bench, inspector.runtime.folder, inspector.runtime.overlay
-    import inspector.runtime.report, inspector.runtime.scoring, inspector.runtime.session
-    import inspector.runtime.sources, inspector.runtime.watch
+    import inspector.runtime.report, inspector.runtime.result, inspector.runtime.scoring
+    import inspector.runtime.session, inspector.runtime.sources, inspector.runtime.watch
     from inspector.cli import cli
     model, photos, video, out = sys.argv[1:5]
     for args in (["inspect", photos, "--model", model, "--out", out + "/inspect", "-q"],
@@ -39,6 +39,11 @@ SCRIPT = textwrap.dedent(
             cli.main(args=args, prog_name="inspector", standalone_mode=False)
         except SystemExit as stop:
             assert not stop.code, stop.code
+    from inspector import load_model
+    api = load_model(model)
+    assert [r.verdict for r in api.score([photos + "/bad.png", photos + "/good.png"])] == ["anomalous", "normal"]
+    assert [r.frame for r in api.stream(video) if r.anomalous] == [2]
+    assert [r.path for r in api.predict(photos)] == ["bad.png", "good.png"]
     leaked = sorted(name for name in sys.modules if blocked(name))
     assert not leaked, leaked
     print("torch-free ok")

@@ -9,18 +9,17 @@ import click
 
 from inspector.commands.options import (
     batch_size_option,
-    bench_save_option,
     echo_warning,
     model_option,
     runtime_device_option,
+    save_option,
     strict_device_option,
-    throughput_threads_option,
+    threads_option,
     workers_option,
 )
-from inspector.io import atomic_write_text
 
 
-@click.command("bench")
+@click.command("bench", short_help="Measure model-only and end-to-end inspection throughput.")
 @model_option
 @click.option(
     "--images",
@@ -45,17 +44,13 @@ from inspector.io import atomic_write_text
 )
 @batch_size_option
 @workers_option
-@bench_save_option
+@save_option("all", where="a temporary folder in the end-to-end runs")
 @click.option(
-    "--json",
-    "json_path",
-    type=click.Path(dir_okay=False, path_type=Path),
-    default=None,
-    help="Also write the full result (every repeat) to this JSON file.",
+    "--json", "as_json", is_flag=True, help="Print the full result (every repeat) as one JSON object."
 )
 @runtime_device_option
 @strict_device_option
-@throughput_threads_option
+@threads_option
 def bench_command(
     model_path: str,
     images: Path | None,
@@ -64,7 +59,7 @@ def bench_command(
     batch_size: int,
     workers: int,
     save: str,
-    json_path: Path | None,
+    as_json: bool,
     device: str,
     strict_device: bool,
     threads: int,
@@ -96,6 +91,9 @@ def bench_command(
         save=save,
         single_call=open_model(0) if workers > 1 else None,
     )
+    if as_json:
+        click.echo(json.dumps(result, indent=2))
+        return
     click.echo(
         f"model: {result['model']} on {', '.join(result['providers'])}, {result['images']} images, "
         f"batch {batch_size}, {workers} worker(s) x {result['threads_per_call']} thread(s), "
@@ -114,5 +112,3 @@ def bench_command(
             f"threads): {result['single_call_median']:.1f} images/s; end to end / that: "
             f"{result['single_call_ratio']:.0%}"
         )
-    if json_path:
-        atomic_write_text(json_path, json.dumps(result, indent=2) + "\n")

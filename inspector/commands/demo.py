@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from inspector.commands.options import torch_device_option
+from inspector.commands.options import max_steps_option, time_limit_option, torch_device_option
 
 
 @click.command("demo", short_help="Generate data, train, evaluate, export and inspect, in one go.")
@@ -38,15 +38,16 @@ from inspector.commands.options import torch_device_option
     show_default=True,
     help="Folder for the run directory (<out>/demo-<detector>).",
 )
+@time_limit_option
 @click.option(
     "--minutes",
-    type=click.FloatRange(min=0.1),
+    "old_minutes",
+    type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Training time limit in minutes (default: the preset's, 10 on a 2-core CPU).",
+    hidden=True,
+    help="The earlier name of --time-limit.",
 )
-@click.option(
-    "--max-steps", type=click.IntRange(min=1), default=None, help="Stop training after this many steps."
-)
+@max_steps_option
 @click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
 @torch_device_option
 def demo_command(
@@ -54,7 +55,8 @@ def demo_command(
     category: str,
     data_root: Path,
     out: Path,
-    minutes: float | None,
+    time_limit: float | None,
+    old_minutes: float | None,
     max_steps: int | None,
     seed: int,
     device: str | None,
@@ -68,7 +70,7 @@ def demo_command(
 
     \b
     Example:
-      inspector demo --minutes 3
+      inspector demo --time-limit 3
     """
     from inspector.export.pipeline import export_run
     from inspector.config import load_config
@@ -85,7 +87,7 @@ def demo_command(
             "seed": seed,
             "device": device,
             "max_steps": max_steps,
-            "time_limit_minutes": minutes,
+            "time_limit_minutes": time_limit if time_limit is not None else old_minutes,
             "data.format": "synthetic",
             "data.root": str(data_root),
             "data.category": category,

@@ -1,10 +1,10 @@
-"""``inspector export RUN_DIR --onnx``: write the run's model as one checked, self-describing ONNX file."""
+"""``inspector export RUN_DIR``: write the run's model as one checked, self-describing ONNX file."""
 
 from __future__ import annotations
 
 import click
 
-from inspector.errors import InspectorError
+from inspector.exit_codes import EXIT_CHECK_FAILED
 
 
 def _log(line: str) -> None:
@@ -14,7 +14,10 @@ def _log(line: str) -> None:
 @click.command("export", short_help="Export a trained run to a checked, self-describing ONNX model.")
 @click.argument("run_dir", type=click.Path(path_type=str))
 @click.option(
-    "--onnx", "to_onnx", is_flag=True, default=True, help="Export to ONNX (the only format; the default)."
+    "--onnx",
+    "to_onnx",
+    is_flag=True,
+    help="Export to ONNX: the only format and the default, so this flag changes nothing (scripts may name it).",
 )
 @click.option(
     "--out",
@@ -72,10 +75,8 @@ def export_command(
 
     Exit code 1 when onnxruntime and torch disagree beyond --tolerance (nothing is written); 2 on bad input.
 
-    Example: inspector export runs/demo-rdna --onnx
+    Example: inspector export runs/demo-rdna
     """
-    if not to_onnx:
-        raise InspectorError("choose an export format: --onnx")
     from inspector.export.parity import ParityError
     from inspector.export.pipeline import export_run
 
@@ -94,4 +95,4 @@ def export_command(
         )
     except ParityError as error:
         click.echo(f"error: export failed its check: {error}", err=True)
-        raise SystemExit(1) from None
+        raise SystemExit(EXIT_CHECK_FAILED) from None

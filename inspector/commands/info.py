@@ -142,6 +142,7 @@ def _pairs(info: dict[str, Any]) -> list[tuple[str, str]]:
                 ),
             )
         )
+        rows.append(("regions", f"at least {metadata.get('min_region_area', 0)} map pixels"))
         rows.append(("parity", _parity_text(metadata.get("parity"))))
         components = metadata.get("extra", {}).get("components") or {}
         rows.append(("components", ", ".join(item["file"] for item in components.values()) or "none"))
@@ -157,6 +158,8 @@ def _pairs(info: dict[str, Any]) -> list[tuple[str, str]]:
     rows.append(
         ("providers", f"{', '.join(info['providers_available'])} (onnxruntime {info['onnxruntime']})")
     )
+    if metadata:
+        rows.append(("", "all the metadata, with the preprocessing a client must reproduce: --json"))
     return rows
 
 
@@ -175,25 +178,32 @@ def _parity_text(parity: dict[str, Any] | None) -> str:
         return "recorded in a form this version cannot read (see the metadata below)"
 
 
-@click.command("info", short_help="Show an exported model: metadata, inputs, outputs, opset, providers.")
+@click.command("info", short_help="Show an exported model: metadata, inputs, outputs, providers.")
 @click.argument("model_path", metavar="MODEL", type=click.Path(path_type=str))
-@click.option("--json", "as_json", is_flag=True, help="Print everything as one JSON object.")
+@click.option(
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print everything, the whole metadata included, as one JSON object.",
+)
 def info_command(model_path: str, as_json: bool) -> None:
     """Show what MODEL (an exported model.onnx or a component) is: detector, inputs and outputs, opset,
     calibration and thresholds, parity figures, and the onnxruntime providers available here.
 
-    Exits 2 when the file is not an inspector model (no or unreadable `inspector` metadata).
+    The table shows the metadata's fields; --json prints all of it as one JSON object. Exits 2 when the
+    file is not an inspector model (no or unreadable `inspector` metadata).
 
     Example: inspector info runs/demo-rdna/export/model.onnx
     """
+    from inspector.commands.options import echo_warning
+    from inspector.runtime.session import warn_onnxruntime_clash
+
+    warn_onnxruntime_clash(echo_warning)
     info = read_model_info(model_path)
     if as_json:
         click.echo(json.dumps(info, indent=2, sort_keys=True))
     else:
         for key, value in _pairs(info):
             click.echo(f"{key:<14}{value}")
-        if info["metadata"]:
-            click.echo(f"\nmetadata ('{METADATA_KEY}'):")
-            click.echo(json.dumps(info["metadata"], indent=2, sort_keys=True))
     if info["metadata_error"]:
         raise InspectorError(info["metadata_error"])

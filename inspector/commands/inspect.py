@@ -14,19 +14,18 @@ from inspector.commands.options import (
     megapixels_to_pixels,
     model_option,
     pixel_threshold_option,
+    progress_option,
     runtime_device_option,
     save_option,
     strict_device_option,
+    threads_option,
     threshold_option,
-    throughput_threads_option,
     workers_option,
 )
-
-EXIT_ANOMALY = 1
-EXIT_INTERRUPTED = 130
+from inspector.exit_codes import EXIT_ANOMALY, EXIT_INTERRUPTED
 
 
-@click.command("inspect")
+@click.command("inspect", short_help="Score a folder of images: reports, heatmaps, regions.")
 @click.argument("folder", type=click.Path(exists=True, path_type=Path))
 @model_option
 @click.option(
@@ -38,7 +37,7 @@ EXIT_INTERRUPTED = 130
     "[default: runs/inspect/<FOLDER name>].",
 )
 @click.option("--recursive", "-r", is_flag=True, help="Also inspect images in sub-folders.")
-@save_option
+@save_option("all")
 @click.option("--masks", "save_masks", is_flag=True, help="Also write the plain defect masks to OUT/masks/.")
 @click.option(
     "--resume", is_flag=True, help="Continue an interrupted run: skip images already in the report."
@@ -48,7 +47,7 @@ EXIT_INTERRUPTED = 130
 @pixel_threshold_option
 @runtime_device_option
 @strict_device_option
-@throughput_threads_option
+@threads_option
 @batch_size_option
 @workers_option
 @max_megapixels_option
@@ -57,7 +56,7 @@ EXIT_INTERRUPTED = 130
     is_flag=True,
     help="Exit with code 1 when any image is anomalous (for scripts and CI gates).",
 )
-@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+@progress_option
 def inspect_command(
     folder: Path,
     model_path: str,
@@ -76,10 +75,11 @@ def inspect_command(
     workers: int,
     max_megapixels: float,
     fail_on_anomaly: bool,
-    quiet: bool,
+    no_progress: bool,
 ) -> None:
     """Score every image in FOLDER (or one image file): report.csv and report.jsonl with normalised and raw
-    scores, labels and defect regions, a heatmap overlay per image, and summary.json.
+    scores, labels and defect regions, a heatmap overlay per image in OUT/overlays/ (named after the image:
+    photos/part_01.png -> overlays/part_01.jpg), and summary.json.
 
     Unreadable files (corrupt, not regular files, too many pixels) are listed in the report with the
     reason and the run goes on; the run's own output is never read as input, and one run at a time writes
@@ -98,7 +98,7 @@ def inspect_command(
         load_model(model_path, device, strict_device, threads, warn=echo_warning), threshold, pixel_threshold
     )
     out_dir = out_dir or Path("runs") / "inspect" / (folder.resolve().stem or "images")
-    bar = _ProgressBar(quiet)
+    bar = _ProgressBar(no_progress)
     try:
         summary = inspect_folder(
             folder,

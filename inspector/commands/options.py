@@ -1,4 +1,7 @@
-"""Options shared by several commands, so that every command speaks one vocabulary."""
+"""Options shared by several commands, so that every command speaks one vocabulary.
+
+Each shared option is defined once here with its one meaning; docs/architecture.md, section 5, lists them.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +10,9 @@ from collections.abc import Callable
 import click
 
 from inspector.config import DATA_FORMATS
+from inspector.runtime import SAVE_CHOICES
 
-DEVICES_RUNTIME = ("auto", "cpu", "cuda", "coreml", "tensorrt", "openvino")
+DEVICES_RUNTIME = ("auto", "cpu", "cuda", "tensorrt", "coreml", "directml", "openvino")
 DEVICES_TORCH = ("auto", "cpu", "cuda", "mps")
 
 model_option = click.option(
@@ -16,15 +20,15 @@ model_option = click.option(
     "model_path",
     required=True,
     type=click.Path(dir_okay=False, path_type=str),
-    help="Exported model file (model.onnx written by `inspector export --onnx`).",
+    help="Exported model file (model.onnx written by `inspector export`).",
 )
 runtime_device_option = click.option(
     "--device",
     type=click.Choice(DEVICES_RUNTIME),
     default="auto",
     show_default=True,
-    help="Execution provider: auto prefers CUDA, then CoreML, then CPU; a missing one falls back to the CPU "
-    "with a warning.",
+    help="Where to compute (onnxruntime execution provider): auto prefers CUDA, then CoreML, DirectML, "
+    "OpenVINO, then the CPU; a missing one falls back to the CPU with a warning.",
 )
 
 
@@ -55,20 +59,13 @@ strict_device_option = click.option(
 )
 
 
-def _threads_option(meaning_of_zero: str) -> Callable[[Callable], Callable]:
-    return click.option(
-        "--threads",
-        type=click.IntRange(min=0),
-        default=0,
-        show_default=True,
-        help=f"onnxruntime intra-op threads of each model call; 0 = {meaning_of_zero}.",
-    )
-
-
-threads_option = _threads_option("one per physical core available to this process")
-throughput_threads_option = _threads_option(
-    "the cores divided among the --workers (1 with the default workers: calls side by side beat one call "
-    "split across cores)"
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="onnxruntime threads per model call; 0 = the physical cores divided among the model calls that "
+    "run side by side (--workers; watch runs one call at a time, so all of them).",
 )
 threshold_option = click.option(
     "--threshold",
@@ -94,7 +91,7 @@ workers_option = click.option(
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="Batches processed side by side, each on its own thread from decoding to overlay; "
+    help="Model calls side by side: threads that each take a batch from decoding to overlay; "
     "0 = one per physical core.",
 )
 
@@ -114,15 +111,33 @@ def megapixels_to_pixels(megapixels: float) -> int:
     return max(1, int(megapixels * 1_000_000))
 
 
-def _save_option(where: str) -> Callable[[Callable], Callable]:
+def save_option(default: str, where: str = "OUT/overlays/") -> Callable[[Callable], Callable]:
+    """``--save all|anomalous|none``: which heatmap overlays are written (``inspect``, ``watch``, ``bench``)."""
     return click.option(
         "--save",
-        type=click.Choice(("all", "anomalous", "none")),
-        default="all",
+        type=click.Choice(SAVE_CHOICES),
+        default=default,
         show_default=True,
-        help=f"Which heatmap overlays to write {where}: every image's, the anomalous images' only, or none.",
+        help=f"Which heatmap overlays to write to {where}: every image's (or frame's), the anomalous "
+        "ones' only, or none.",
     )
 
 
-save_option = _save_option("to OUT/overlays/")
-bench_save_option = _save_option("in the end-to-end runs")
+progress_option = click.option(
+    "--no-progress",
+    "--quiet",
+    "-q",
+    "no_progress",
+    is_flag=True,
+    help="No progress bar (what happens is still printed).",
+)
+time_limit_option = click.option(
+    "--time-limit",
+    type=click.FloatRange(min=0, min_open=True),
+    default=None,
+    help="Stop training cleanly after this many minutes, then evaluate (default: the preset's; "
+    "10 for the CPU presets).",
+)
+max_steps_option = click.option(
+    "--max-steps", type=click.IntRange(min=1), default=None, help="Stop training after this many steps."
+)

@@ -6,13 +6,45 @@ from pathlib import Path
 
 import click
 
-from inspector.commands.options import data_format_option, torch_device_option
+from inspector.commands.options import (
+    data_format_option,
+    max_steps_option,
+    progress_option,
+    time_limit_option,
+    torch_device_option,
+)
 from inspector.config import load_config, preset_names
 from inspector.errors import InspectorError
+from inspector.exit_codes import exit_code_for_signal
 from inspector.io import check_writable_folder
 
 #: ``--resume`` given without a run directory: resume ``<out>/<name>`` of the config.
 RESUME_FROM_CONFIG = "\0config"
+#: The config key each option overrides, and so the option that names a key in messages.
+OPTION_OF_KEY = {
+    "detector": "--detector",
+    "data.root": "--data",
+    "data.format": "--format",
+    "data.category": "--category",
+    "data.normal_class": "--normal-class",
+    "data.normal_dir": "--normal-dir",
+    "data.abnormal_dir": "--abnormal-dir",
+    "data.mask_dir": "--mask-dir",
+    "data.normal_test_dir": "--normal-test-dir",
+    "data.anomaly_source": "--anomaly-source",
+    "data.workers": "--loader-workers",
+    "out": "--out",
+    "name": "--name",
+    "epochs": "--epochs",
+    "max_steps": "--max-steps",
+    "time_limit_minutes": "--time-limit",
+    "batch_size": "--batch-size",
+    "input_size": "--input-size",
+    "device": "--device",
+    "seed": "--seed",
+}
+#: The ``--format folder`` keys, each with its own option.
+FOLDER_KEYS = ("data.normal_dir", "data.abnormal_dir", "data.mask_dir", "data.normal_test_dir")
 #: What a resumed run may change; everything else is fixed by the run's own config.yaml.
 RESUMABLE = (
     "epochs",
@@ -46,7 +78,7 @@ def _input_size(value: str | None) -> list[int] | None:
     return size
 
 
-@click.command("train", short_help="Train an anomaly detector on images of good parts, then evaluate it.")
+@click.command("train", short_help="Train a detector on images of good parts, then evaluate it.")
 @click.option(
     "--config",
     "config_path",
@@ -68,6 +100,33 @@ def _input_size(value: str | None) -> list[int] | None:
 @data_format_option
 @click.option(
     "--category", default=None, help="Category inside --data (MVTec or built-in), e.g. bottle or fabric."
+)
+@click.option(
+    "--normal-dir",
+    type=click.Path(path_type=str),
+    default=None,
+    help="--format folder: folder of normal (good) training images (data.normal_dir; relative to --data "
+    "when given). Implies --format folder.",
+)
+@click.option(
+    "--abnormal-dir",
+    type=click.Path(path_type=str),
+    default=None,
+    help="--format folder: folder of anomalous test images, sub-folders naming defect kinds "
+    "(data.abnormal_dir).",
+)
+@click.option(
+    "--mask-dir",
+    type=click.Path(path_type=str),
+    default=None,
+    help="--format folder: defect masks of the --abnormal-dir images, <image stem>.png or "
+    "<image stem>_mask.png (data.mask_dir).",
+)
+@click.option(
+    "--normal-test-dir",
+    type=click.Path(path_type=str),
+    default=None,
+    help="--format folder: folder of normal test images (data.normal_test_dir).",
 )
 @click.option(
     "--normal-class",
@@ -93,15 +152,8 @@ def _input_size(value: str | None) -> list[int] | None:
 @click.option(
     "--epochs", type=click.IntRange(min=1), default=None, help="Number of passes over the training images."
 )
-@click.option(
-    "--max-steps", type=click.IntRange(min=1), default=None, help="Stop after this many optimisation steps."
-)
-@click.option(
-    "--time-limit",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help="Stop training cleanly after this many minutes (then evaluate).",
-)
+@max_steps_option
+@time_limit_option
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Images per optimisation step.")
 @click.option(
     "--input-size", default=None, help="Model input size: SIZE or HEIGHTxWIDTH (e.g. 128 or 128x160)."
@@ -111,7 +163,11 @@ def _input_size(value: str | None) -> list[int] | None:
     "--seed", type=int, default=None, help="Random seed (data split, weights, synthetic anomalies)."
 )
 @click.option(
-    "--workers", type=click.IntRange(min=0), default=None, help="Data-loader worker processes (0: none)."
+    "--loader-workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Data-loader worker processes that read and synthesise training images (data.workers; "
+    "0: in the training process).",
 )
 @click.option(
     "--resume",
@@ -121,9 +177,9 @@ def _input_size(value: str | None) -> list[int] | None:
     metavar="[RUN_DIR]",
     help="Continue an interrupted run from its last.pt (same step, optimizer state and schedule): "
     "--resume runs/NAME, or --resume alone for OUT/NAME of the config. Only --epochs, --max-steps, "
-    "--time-limit, --device, --data, --anomaly-source and --workers may change.",
+    "--time-limit, --device, --data, --anomaly-source and --loader-workers may change.",
 )
-@click.option("--no-progress", is_flag=True, help="No progress line (the log still says what happens).")
+@progress_option
 @click.option(
     "--no-eval",
     is_flag=True,
@@ -135,6 +191,10 @@ def train_command(
     data_root: str | None,
     data_format: str | None,
     category: str | None,
+    normal_dir: str | None,
+    abnormal_dir: str | None,
+    mask_dir: str | None,
+    normal_test_dir: str | None,
     normal_class: int | None,
     anomaly_source: str | None,
     out: str | None,
@@ -146,7 +206,7 @@ def train_command(
     input_size: str | None,
     device: str | None,
     seed: int | None,
-    workers: int | None,
+    loader_workers: int | None,
     resume: str | None,
     no_progress: bool,
     no_eval: bool,
@@ -161,6 +221,7 @@ def train_command(
       inspector train --config rdna_cpu
       inspector train --config draem_cpu --format mvtec --data mvtec_ad \\
           --category bottle --anomaly-source dtd/images
+      inspector train --normal-dir good/ --abnormal-dir defects/ --mask-dir masks/
       inspector train --resume runs/rdna_cpu
     """
     overrides = {
@@ -168,9 +229,13 @@ def train_command(
         "data.root": data_root,
         "data.format": data_format,
         "data.category": category,
+        "data.normal_dir": normal_dir,
+        "data.abnormal_dir": abnormal_dir,
+        "data.mask_dir": mask_dir,
+        "data.normal_test_dir": normal_test_dir,
         "data.normal_class": normal_class,
         "data.anomaly_source": anomaly_source,
-        "data.workers": workers,
+        "data.workers": loader_workers,
         "out": out,
         "name": name,
         "epochs": epochs,
@@ -182,11 +247,18 @@ def train_command(
         "seed": seed,
     }
     given = {key: value for key, value in overrides.items() if value is not None}
+    folder_options = [OPTION_OF_KEY[key] for key in FOLDER_KEYS if key in given]
+    if folder_options and data_format not in (None, "folder"):
+        raise InspectorError(
+            f"{', '.join(folder_options)} name the folders of --format folder, not {data_format}"
+        )
 
     if config_path == "list":
         click.echo("\n".join(preset_names()))
         return
     if resume is None:
+        if folder_options:
+            given["data.format"] = "folder"
         if config_path is None and (detector or "rdna") + "_cpu" in preset_names():
             config_path = f"{detector or 'rdna'}_cpu"
         config = load_config(config_path, given)
@@ -203,9 +275,7 @@ def train_command(
                 raise InspectorError("--resume RUN_DIR uses the run's own config.yaml; drop --config")
         fixed = sorted(key for key in given if key not in RESUMABLE and key not in ("out", "name"))
         if fixed:
-            flags = ", ".join(
-                f"--{key.split('.')[-1].replace('_minutes', '').replace('_', '-')}" for key in fixed
-            )
+            flags = ", ".join(dict.fromkeys(OPTION_OF_KEY[key] for key in fixed))
             raise InspectorError(f"{flags} cannot change when resuming {run_dir}; start a new run instead")
         if not (run_dir / "config.yaml").is_file():
             raise InspectorError(
@@ -223,7 +293,7 @@ def train_command(
         )
     except TrainingInterrupted as interrupted:
         click.echo(f"\n{interrupted}", err=True)
-        raise SystemExit(128 + interrupted.signal_number) from None
+        raise SystemExit(exit_code_for_signal(interrupted.signal_number)) from None
     # The metrics summary was printed by the evaluation at the end of training.
     click.echo(f"run: {run_dir}")
-    click.echo(f"next: inspector eval {run_dir}" if no_eval else f"next: inspector export {run_dir} --onnx")
+    click.echo(f"next: inspector eval {run_dir}" if no_eval else f"next: inspector export {run_dir}")

@@ -13,13 +13,14 @@ from inspector.commands.options import (
     model_option,
     pixel_threshold_option,
     runtime_device_option,
+    save_option,
     strict_device_option,
     threads_option,
     threshold_option,
 )
 
 
-@click.command("watch")
+@click.command("watch", short_help="Score a camera, video, stream or folder live, with heatmaps.")
 @model_option
 @click.option(
     "--camera",
@@ -38,7 +39,7 @@ from inspector.commands.options import (
     type=click.Path(file_okay=False, path_type=Path),
     default=Path("runs/watch"),
     show_default=True,
-    help="Folder for events.jsonl (appended to across runs), overlays of anomalous frames and summary.json.",
+    help="Folder for events.jsonl (appended to across runs), overlays/ and summary.json.",
 )
 @click.option("--headless", is_flag=True, help="No window: only write events, overlays and the recording.")
 @click.option(
@@ -67,13 +68,7 @@ from inspector.commands.options import (
     show_default=True,
     help="Which scored frames are written to events.jsonl.",
 )
-@click.option(
-    "--save",
-    type=click.Choice(("anomalous", "none")),
-    default="anomalous",
-    show_default=True,
-    help="Write the overlay of each anomalous frame to OUT/anomalies/.",
-)
+@save_option("anomalous")
 @click.option(
     "--max-frames", type=click.IntRange(min=1), default=None, help="Stop after scoring this many frames."
 )
@@ -112,7 +107,7 @@ def watch_command(
       inspector watch --model model.onnx --source line.mp4 --headless --record annotated.mp4
     """
     from inspector.runtime.scoring import Scorer
-    from inspector.runtime.session import load_model
+    from inspector.runtime.session import load_model, threads_per_worker
     from inspector.runtime.sources import open_source
     from inspector.runtime.watch import watch
 
@@ -120,6 +115,7 @@ def watch_command(
         raise click.UsageError("give either --camera or --source, not both")
     spec = source if source is not None else (camera if camera is not None else 0)
     frame_source = open_source(spec, fps=fps, max_pixels=megapixels_to_pixels(max_megapixels))
+    _, threads = threads_per_worker(1, threads)  # one model call at a time: --threads 0 gives it every core
     scorer = Scorer(
         load_model(model_path, device, strict_device, threads, warn=echo_warning), threshold, pixel_threshold
     )
@@ -143,6 +139,7 @@ def watch_command(
     )
     click.echo(
         f"events: {out_dir / 'events.jsonl'}; summary: {out_dir / 'summary.json'}"
+        + (f"; overlays: {out_dir / 'overlays'}" if save != "none" else "")
         + (f"; recording: {record} at {summary['recording_fps']:g} fps" if summary["recording_fps"] else "")
     )
 
