@@ -5,9 +5,12 @@ Imports numpy, OpenCV, onnxruntime and ``inspector`` only, so an edge box needs 
 - ``session``: load ``model.onnx``, validate its metadata, choose the execution provider.
 - ``scoring``: images → normalised scores, labels, anomaly maps and defect regions.
 - ``overlay``: heatmap, contours and badge drawn on the original image.
+- ``result``: one scored image or frame and its record (a report line of ``inspect``, an event of ``watch``).
 - ``folder`` and ``report``: ``inspector inspect``, pipelined, with a crash-safe CSV/JSONL report.
 - ``sources`` and ``watch``: ``inspector watch`` on cameras, videos, streams and folders.
 - ``bench``: model-only versus end-to-end throughput.
+
+``inspector.api`` (``from inspector import load_model``) is the documented Python API on top of these.
 """
 
 # Named here, in the package module that imports nothing, so that the CLI can offer them without loading
