@@ -25,6 +25,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -77,26 +78,88 @@ def train(
     """Train ``config.detector`` on ``config.data``; return the run directory.
 
     With ``resume`` the run ``config.run_dir`` continues from its ``last.pt`` at the saved step, with the
-    saved optimizer and scheduler state and random streams. Without it a new run directory is made
-    (``<name>-2``, ``<name>-3``... when ``<name>`` is taken). With ``evaluate`` the best checkpoint is scored
-    and calibrated at the end (``metrics.json``, ``calibration.json``, ``plots/``). ``time_limit_minutes``
-    bounds the run's whole training time, resumed sessions included.
+    saved optimizer state and random streams. Without it a new run directory is made (``<name>-2``,
+    ``<name>-3``... when ``<name>`` is taken). With ``evaluate`` the best checkpoint is scored and calibrated
+    at the end (``metrics.json``, ``calibration.json``, ``plots/``). ``time_limit_minutes`` bounds the run's
+    whole training time, resumed sessions included; the learning-rate schedule follows whichever budget,
+    steps or time, binds.
 
     Raises:
         InspectorError: bad input (data, detector, options, device); nothing in the run directory is lost.
-        TrainingInterrupted: Ctrl-C; ``last.pt`` holds the state to resume from.
+        TrainingInterrupted: Ctrl-C or SIGTERM; ``last.pt`` holds the state to resume from.
 
     Example:
-        >>> run_dir = train(load_config("configs/rdna_cpu.yaml", {"epochs": 1}))
+        >>> run_dir = train(load_config("rdna_cpu", {"epochs": 1}))
     """
-    config = copy.deepcopy(config)
-    device = resolve_device(config.device)
+    run = _prepare_run(copy.deepcopy(config), resume, log)
+    stopped_by = _train_loop(run, progress)
+    _finish_run(run, stopped_by, log)
+    if evaluate:
+        from inspector.training.evaluate import evaluate_run
 
+        try:
+            evaluate_run(run.run_dir, checkpoint="best", device=run.config.device, log=log)
+        except InspectorError as error:
+            raise InspectorError(
+                f"{error} (training finished and is saved in {run.run_dir}; fix this, then run "
+                f"`inspector eval {run.run_dir}`)"
+            ) from None
+    return run.run_dir
+
+
+@dataclass
+class _Run:
+    """A training run as the loop sees it: what was set up, and the counters the loop moves."""
+
+    config: TrainConfig
+    run_dir: Path
+    resume: bool
+    device: torch.device
+    detector: Detector
+    train_set: Dataset
+    val_set: Dataset
+    sampler: _EpochSampler
+    train_loader: DataLoader
+    val_loader: DataLoader
+    batch_size: int
+    steps_per_epoch: int
+    total_steps: int
+    time_limit: float | None
+    step: int = 0
+    best_val_loss: float | None = None
+    val_loss: float | None = None
+    started: float = 0.0  # time.monotonic() of step 0, earlier sessions included
+    elapsed_before: float = 0.0  # training time of earlier sessions of this run
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.detector.channels_last else torch.contiguous_format
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def save(self, which: str) -> None:
+        save_checkpoint(
+            checkpoint_path(self.run_dir, which),
+            self.detector,
+            self.config,
+            epoch=self.step // self.steps_per_epoch,
+            step=self.step,
+            best_val_loss=self.best_val_loss,
+            val_loss=self.val_loss,
+            elapsed_seconds=self.elapsed(),
+            steps_per_epoch=self.steps_per_epoch,
+            total_steps=self.total_steps,
+        )
+
+
+def _prepare_run(config: TrainConfig, resume: bool, log) -> _Run:
+    """Data, run directory, detector, loaders and budgets (and the saved state when resuming)."""
+    device = resolve_device(config.device)
     # The data first: a missing folder or unknown category fails before anything is written.
     splits = build_splits(config)
     if not splits.train:
         raise InspectorError("the training split holds no images; add normal training images")
-
     checkpoint = None
     if resume:
         run_dir = config.run_dir
@@ -112,15 +175,11 @@ def train(
 
     _seed_everything(config.seed)
     detector = _build_detector(config).to(device)
-    memory_format = torch.channels_last if detector.channels_last else torch.contiguous_format
-    detector.to(memory_format=memory_format)
-
     if config.crop_size is not None and not detector.uses_synthetic_anomalies:
         raise InspectorError(
             f"crop_size works with the fully convolutional detectors (rdna, draem), not '{config.detector}'"
         )
     train_set, val_set = training_datasets(config, splits, detector.uses_synthetic_anomalies)
-
     batch_size = min(config.batch_size, len(train_set))
     if batch_size < config.batch_size:
         log(
@@ -137,117 +196,124 @@ def train(
 
     sampler = _EpochSampler(len(train_set), config.seed)
     workers = max(0, int(config.data.workers))
-    train_loader = DataLoader(
-        _EpochItems(train_set),
-        batch_size=batch_size,
+    run = _Run(
+        config=config,
+        run_dir=run_dir,
+        resume=resume,
+        device=device,
+        detector=detector,
+        train_set=train_set,
+        val_set=val_set,
         sampler=sampler,
-        drop_last=True,  # equal batches: batch norm and the loss scale do not jump at an epoch's end
-        num_workers=workers,
-        persistent_workers=workers > 0,
-        worker_init_fn=_seed_worker,
-        generator=torch.Generator().manual_seed(config.seed),
-        pin_memory=device.type == "cuda",
+        train_loader=DataLoader(
+            _EpochItems(train_set),
+            batch_size=batch_size,
+            sampler=sampler,
+            drop_last=True,  # equal batches: batch norm and the loss scale do not jump at an epoch's end
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            worker_init_fn=_seed_worker,
+            generator=torch.Generator().manual_seed(config.seed),
+            pin_memory=device.type == "cuda",
+        ),
+        val_loader=DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=0),
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        total_steps=total_steps,
+        time_limit=None if config.time_limit_minutes is None else 60.0 * config.time_limit_minutes,
     )
-    val_loader = DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=0)
-
+    detector.to(memory_format=run.memory_format)
     detector.configure_optimizers(config.lr, total_steps)
-    step, best_val_loss, elapsed_before = 0, None, 0.0
     if checkpoint is not None:
         detector.load_state_dict(checkpoint["model"])
         detector.load_optimizer_state(checkpoint["optimizer"])
         restore_rng_state(checkpoint["rng"])
-        step = int(checkpoint["step"])
-        best_val_loss = checkpoint["best_val_loss"]
-        elapsed_before = float(checkpoint["elapsed_seconds"])
+        run.step, run.best_val_loss = int(checkpoint["step"]), checkpoint["best_val_loss"]
+        run.elapsed_before = float(checkpoint["elapsed_seconds"])
         if checkpoint.get("steps_per_epoch") not in (None, steps_per_epoch):
             log(
                 f"warning: the training data changed since the run started ({checkpoint['steps_per_epoch']} "
                 f"steps per epoch then, {steps_per_epoch} now); resuming, but not exactly where it stopped"
             )
-        log(f"resuming {run_dir} at step {step} of {total_steps}")
+        log(f"resuming {run_dir} at step {run.step} of {total_steps}")
+    run.started = time.monotonic() - run.elapsed_before
 
     _remove_stale_temporary_files(run_dir)
     atomic_write_text(run_dir / "config.yaml", _yaml(config))
-    history = _History(run_dir / HISTORY_FILE, keep_until_step=step if resume else None)
-    time_limit = None if config.time_limit_minutes is None else 60.0 * config.time_limit_minutes
-    stopped_by = "done"
     log(
         f"training {config.detector} on {_describe(splits)} ({len(splits.train)} train / {len(splits.val)} val / "
         f"{len(splits.test)} test images) on {device.type}: {total_steps} steps of batch {batch_size} "
-        f"({steps_per_epoch} per epoch){_limit_text(time_limit)} -> {run_dir}"
+        f"({steps_per_epoch} per epoch){_limit_text(run.time_limit)} -> {run_dir}"
     )
-
-    if resume and step >= total_steps:
+    if resume and run.step >= total_steps:
         log(
-            f"{run_dir} already trained {step} of {total_steps} steps; raise --epochs or --max-steps to train further"
+            f"{run_dir} already trained {run.step} of {total_steps} steps; raise --epochs or --max-steps to train further"
         )
-    if time_limit is not None and elapsed_before >= time_limit:
+    if run.time_limit is not None and run.elapsed_before >= run.time_limit:
         log(
-            f"{run_dir} already used its time limit ({time_limit / 60:g} min); raise --time-limit to train further"
+            f"{run_dir} already used its time limit ({run.time_limit / 60:g} min); raise --time-limit to train further"
         )
-        stopped_by = "time limit"
+    return run
 
-    bar = _ProgressBar(total_steps, enabled=progress, time_limit=time_limit)
+
+def _train_loop(run: _Run, progress: bool) -> str:
+    """Optimise until the steps, the time limit or the detector's criterion end the run; return which
+    (``done``, ``time limit``, ``detector``). Ctrl-C, SIGTERM and data errors save ``last.pt`` first."""
+    config, detector = run.config, run.detector
+    history = _History(run.run_dir / HISTORY_FILE, keep_until_step=run.step if run.resume else None)
+    bar = _ProgressBar(run.total_steps, enabled=progress, time_limit=run.time_limit)
     stop = _StopOnInterrupt()
-    started = time.monotonic() - elapsed_before
-    session_start, session_start_step = time.monotonic(), step
-    last_saved, last_saved_step = time.monotonic(), step
-    val_loss = None
-
-    def save(which: str) -> None:
-        save_checkpoint(
-            checkpoint_path(run_dir, which),
-            detector,
-            config,
-            epoch=step // steps_per_epoch,
-            step=step,
-            best_val_loss=best_val_loss,
-            val_loss=val_loss,
-            elapsed_seconds=time.monotonic() - started,
-            steps_per_epoch=steps_per_epoch,
-            total_steps=total_steps,
-        )
-
+    session_start, session_start_step = time.monotonic(), run.step
+    last_saved, last_saved_step = time.monotonic(), run.step
+    out_of_time = run.time_limit is not None and run.elapsed_before >= run.time_limit
+    stopped_by = "time limit" if out_of_time else "done"
     try:
         with stop:
             detector.train()
-            while step < total_steps and stopped_by == "done":
-                epoch = step // steps_per_epoch
+            while run.step < run.total_steps and stopped_by == "done":
                 # Resuming mid-epoch skips the batches that epoch already trained on.
-                sampler.set_epoch(epoch, skip=(step % steps_per_epoch) * batch_size)
-                for batch in _batches(train_loader, stop):
-                    detector.set_progress(_progress(step, total_steps, time.monotonic() - started, time_limit))
-                    losses = detector.training_step(_to_device(batch, device, memory_format))
-                    step += 1
+                run.sampler.set_epoch(
+                    run.step // run.steps_per_epoch, skip=(run.step % run.steps_per_epoch) * run.batch_size
+                )
+                for batch in _batches(run.train_loader, stop):
+                    detector.set_progress(_progress(run.step, run.total_steps, run.elapsed(), run.time_limit))
+                    losses = detector.training_step(_to_device(batch, run.device, run.memory_format))
+                    run.step += 1
                     if not all(math.isfinite(value) for value in losses.values()):
                         raise _Diverged(
-                            f"training diverged at step {step} (losses {_format_losses(losses)}); lower the "
-                            f"learning rate (lr {config.lr}) or resume {run_dir} from its last checkpoint"
+                            f"training diverged at step {run.step} (losses {_format_losses(losses)}); lower "
+                            f"the learning rate (lr {config.lr}) or resume {run.run_dir} from its last checkpoint"
                         )
-                    elapsed = time.monotonic() - started
-                    out_of_time = time_limit is not None and elapsed >= time_limit
-                    finishing = step >= total_steps or out_of_time
-                    val_loss = None
-                    if len(val_set) and (
-                        step % config.val_every_steps == 0 or step % steps_per_epoch == 0 or finishing
+                    elapsed = run.elapsed()
+                    out_of_time = run.time_limit is not None and elapsed >= run.time_limit
+                    finishing = run.step >= run.total_steps or out_of_time
+                    run.val_loss = None
+                    if len(run.val_set) and (
+                        run.step % config.val_every_steps == 0
+                        or run.step % run.steps_per_epoch == 0
+                        or finishing
                     ):
-                        val_loss = _validation_loss(detector, val_loader, device)
+                        run.val_loss = _validation_loss(detector, run.val_loader, run.device)
                         detector.train()
-                        if best_val_loss is None or val_loss < best_val_loss:
-                            best_val_loss = val_loss
-                            save("best")
-                        # A detector may have its own stopping criterion (ALOCC's rho).
-                        if detector.should_stop:
+                        if run.best_val_loss is None or run.val_loss < run.best_val_loss:
+                            run.best_val_loss = run.val_loss
+                            run.save("best")
+                        if detector.should_stop:  # a detector's own criterion (ALOCC's rho)
                             stopped_by, finishing = "detector", True
                     history.write(
-                        step, step / steps_per_epoch, losses, val_loss, _learning_rate(detector), elapsed
+                        run.step,
+                        run.step / run.steps_per_epoch,
+                        losses,
+                        run.val_loss,
+                        _learning_rate(detector),
+                        elapsed,
                     )
                     bar.update(
-                        step,
+                        run.step,
                         losses,
-                        val_loss,
+                        run.val_loss,
                         elapsed,
-                        session_steps=step - session_start_step,
+                        session_steps=run.step - session_start_step,
                         session_seconds=time.monotonic() - session_start,
                     )
                     if stop.requested:
@@ -256,77 +322,64 @@ def train(
                         stopped_by = "time limit"
                     if finishing:
                         break
-                    if _checkpoint_due(config, step - last_saved_step, time.monotonic() - last_saved):
-                        save("last")
-                        last_saved, last_saved_step = time.monotonic(), step
+                    if _checkpoint_due(config, run.step - last_saved_step, time.monotonic() - last_saved):
+                        run.save("last")
+                        last_saved, last_saved_step = time.monotonic(), run.step
     except KeyboardInterrupt:
-        bar.close()
-        history.close()
-        save("last")
-        raise TrainingInterrupted(run_dir, step, stop.signal_number) from None
+        run.save("last")
+        raise TrainingInterrupted(run.run_dir, run.step, stop.signal_number) from None
     except InspectorError as error:
-        bar.close()
-        history.close()
-        if step > 0 and not isinstance(error, _Diverged):
+        if run.step > 0 and not isinstance(error, _Diverged):
             # A bad image found mid-run: keep the progress so that the run resumes once it is fixed.
-            save("last")
+            run.save("last")
             raise InspectorError(
-                f"{error} (training stopped at step {step}, saved in {run_dir}; after fixing it resume with "
-                f"`inspector train --resume {run_dir}`)"
+                f"{error} (training stopped at step {run.step}, saved in {run.run_dir}; after fixing it resume "
+                f"with `inspector train --resume {run.run_dir}`)"
             ) from None
-        if not resume and not any(checkpoint_path(run_dir, which).exists() for which in ("last", "best")):
-            _discard_unstarted_run(run_dir)
+        if not run.resume and not any(checkpoint_path(run.run_dir, w).exists() for w in ("last", "best")):
+            _discard_unstarted_run(run.run_dir)
         raise
-    except BaseException:
+    finally:
         bar.close()
         history.close()
-        raise
-    bar.close()
-    history.close()
-    save("last")
-    if not len(val_set):
+    return stopped_by
+
+
+def _finish_run(run: _Run, stopped_by: str, log) -> None:
+    """``last.pt``, ``best.pt`` with recomputed batch-norm statistics, the log line and ``training.json``."""
+    run.save("last")
+    if not len(run.val_set):
         # No validation images to choose by: the final weights are the best we know.
         log("warning: no validation images (the training split is too small): best.pt is the final model")
-        final = checkpoint_path(run_dir, "last").read_bytes()
-        atomic_write(checkpoint_path(run_dir, "best"), lambda handle: handle.write(final))
-    if detector.recompute_batchnorm and checkpoint_path(run_dir, "best").exists():
+        final = checkpoint_path(run.run_dir, "last").read_bytes()
+        atomic_write(checkpoint_path(run.run_dir, "best"), lambda handle: handle.write(final))
+    if run.detector.recompute_batchnorm and checkpoint_path(run.run_dir, "best").exists():
         log("recomputing best.pt's batch-norm statistics for its weights on training images")
-        images, layers = refresh_best_batchnorm(run_dir, device, train_set)
+        images, layers = refresh_best_batchnorm(run.run_dir, run.device, run.train_set)
         log(f"best.pt: batch-norm statistics of {layers} layers recomputed on {images} training images")
-    minutes = (time.monotonic() - started) / 60.0
+    minutes = run.elapsed() / 60.0
     reason = {
         "time limit": "stopped by the time limit",
         "detector": "stopped by the detector's criterion",
     }.get(stopped_by, "done")
     log(
-        f"trained {step} steps ({step / steps_per_epoch:.1f} epochs) in {minutes:.1f} min, {reason}; "
-        f"best validation loss {_format_value(best_val_loss)}"
+        f"trained {run.step} steps ({run.step / run.steps_per_epoch:.1f} epochs) in {minutes:.1f} min, {reason}; "
+        f"best validation loss {_format_value(run.best_val_loss)}"
     )
-    if stopped_by == "time limit" and step < total_steps:
+    if stopped_by == "time limit" and run.step < run.total_steps:
         log(
-            f"note: the time limit cut the run at step {step} of the {total_steps} planned; the learning-rate "
-            "schedule followed the time, so it was completed"
+            f"note: the time limit cut the run at step {run.step} of the {run.total_steps} planned; the "
+            "learning-rate schedule followed the time, so it was completed"
         )
     summary = {
-        "steps": step,
-        "planned_steps": total_steps,
+        "steps": run.step,
+        "planned_steps": run.total_steps,
         "stopped_by": stopped_by,
-        "time_limit_minutes": config.time_limit_minutes,
+        "time_limit_minutes": run.config.time_limit_minutes,
         "minutes": round(minutes, 3),
-        "steps_per_second": round(step / max(minutes * 60.0, 1e-9), 4),
+        "steps_per_second": round(run.step / max(minutes * 60.0, 1e-9), 4),
     }
-    atomic_write_text(run_dir / TRAINING_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-
-    if evaluate:
-        from inspector.training.evaluate import evaluate_run
-
-        try:
-            evaluate_run(run_dir, checkpoint="best", device=config.device, log=log)
-        except InspectorError as error:
-            raise InspectorError(
-                f"{error} (training finished and is saved in {run_dir}; fix this, then run `inspector eval {run_dir}`)"
-            ) from None
-    return run_dir
+    atomic_write_text(run.run_dir / TRAINING_SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
 
 
 # --- the pieces the loop uses ------------------------------------------------------------------------
@@ -607,7 +660,9 @@ class _StopOnInterrupt:
         self.requested = True
         self.signal_number = int(signum)
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
-        print(f"\n{name}: stopping after this step and saving last.pt (again to stop at once)", file=sys.stderr)
+        print(
+            f"\n{name}: stopping after this step and saving last.pt (again to stop at once)", file=sys.stderr
+        )
 
     def __exit__(self, *exc_info) -> None:
         for number, previous in self._previous.items():
