@@ -16,6 +16,7 @@ from inspector.exit_codes import (  # noqa: F401 - the CLI's exit codes, importa
     EXIT_TERMINATED,
     EXIT_USAGE,
 )
+
 #: What the ``train`` extra adds; a command that needs one of them on a base install says to install it.
 TRAINING_EXTRA_MODULES = ("torch", "torchvision", "onnx", "albumentations", "matplotlib")
 DISTRIBUTION = "inspector-vision"
@@ -44,6 +45,13 @@ class InspectorGroup(click.Group):
             click.echo(f"error: {os_error_text(error)}", err=True)
             ctx.exit(EXIT_USAGE)
         except ModuleNotFoundError as error:
+            if (error.name or "").split(".")[0] == "onnxruntime":
+                click.echo(
+                    "error: no onnxruntime is installed; install exactly one build: pip install onnxruntime "
+                    "(or onnxruntime-gpu, onnxruntime-openvino, onnxruntime-directml)",
+                    err=True,
+                )
+                ctx.exit(EXIT_USAGE)
             if (error.name or "").split(".")[0] not in TRAINING_EXTRA_MODULES:
                 raise
             command = ctx.invoked_subcommand or "this command"

@@ -356,3 +356,19 @@ def test_directml_is_a_device_with_its_package_named_when_missing():
     assert providers == [session_module.CPU] and "onnxruntime-directml" in warning
     dml = "DmlExecutionProvider"
     assert session_module.choose_providers("auto", [dml, session_module.CPU])[0] == [dml, session_module.CPU]
+
+
+def test_no_onnxruntime_at_all_is_one_line_naming_the_builds(tmp_path, model):
+    code = (
+        "import sys; sys.modules['onnxruntime'] = None; from inspector.cli import main; "
+        f"sys.argv = ['inspector', 'info', {str(model)!r}]; main()"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == exit_codes.EXIT_USAGE, result.stderr
+    expected = (
+        "error: no onnxruntime is installed; install exactly one build: pip install onnxruntime "
+        "(or onnxruntime-gpu, onnxruntime-openvino, onnxruntime-directml)"
+    )
+    assert result.stderr.strip().splitlines() == [expected]
