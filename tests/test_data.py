@@ -257,3 +257,15 @@ def test_folder_dataset_bad_folders(tmp_path, data, message):
     (root / "empty" / "notes.txt").write_text("not an image")
     with pytest.raises(InspectorError, match=message):
         build_splits(folder_config(root, **data))
+
+
+def test_mvtec_format_pointed_at_a_category_folder_names_the_fix(tmp_path):
+    from inspector.config import load_config
+    from inspector.errors import InspectorError
+    from inspector.training.data import build_splits
+
+    category = tmp_path / "bottle"
+    (category / "train" / "good").mkdir(parents=True)
+    config = load_config(None, {"data.format": "mvtec", "data.root": str(category)})
+    with pytest.raises(InspectorError, match=r"looks like a category folder .* --category bottle"):
+        build_splits(config)

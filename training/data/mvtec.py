@@ -128,8 +128,14 @@ def build_mvtec_splits(config: TrainConfig) -> Splits:
         raise InspectorError(f"dataset folder {root} not found; pass --data DIR with the MVTec categories")
     categories = sorted(p.name for p in root.iterdir() if (p / "train").is_dir())
     if not data.category:
+        if (root / "train" / "good").is_dir():
+            raise InspectorError(
+                f"{root} looks like a category folder (it holds train/good); pass its parent with "
+                f"--data {root.parent} --category {root.name}"
+            )
         raise InspectorError(
-            f"no category given for {root}; pass --category NAME, one of: {', '.join(categories) or 'none found'}"
+            f"no category given for {root}; pass --category NAME, one of: "
+            f"{', '.join(categories) or 'none found (expected <category>/train/good under --data)'}"
         )
     category_dir = root / data.category
     if not category_dir.is_dir():
