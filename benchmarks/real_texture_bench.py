@@ -55,7 +55,6 @@ def run_config(category: str, seed: int, args: argparse.Namespace):
         "data.root": args.data,
         "data.category": category,
         "data.anomaly_source": args.anomaly_source,
-        "data.workers": 0,
     }
     for setting in args.set:
         key, equals, value = setting.partition("=")
