@@ -268,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
     catalogue = {
         marker.parent.name: json.loads(marker.read_text())
         for marker in sorted(Path(args.data).glob("*/generated.json"))
+        if (marker.parent / "train" / "good").is_dir()  # a category, not the anomaly-source folder
     }
     if not catalogue:
         raise SystemExit(f"no real-texture dataset in {args.data}; build it: python benchmarks/real_texture_data.py")
