@@ -18,6 +18,7 @@ import numpy as np
 
 from inspector.config import TrainConfig
 from inspector.errors import InspectorError
+from inspector.io import list_images
 from inspector.preprocess import is_image_name
 from inspector.training.data.samples import Sample, Splits, split_validation
 
@@ -25,15 +26,13 @@ MASK_SUFFIX = "_mask"
 
 
 def image_files(folder: Path, recursive: bool = False) -> list[Path]:
-    """The image files in ``folder`` (by extension), sorted; hidden files and folders are skipped."""
-    candidates = folder.rglob("*") if recursive else folder.iterdir()
-    return sorted(
-        p
-        for p in candidates
-        if is_image_name(p)
-        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
-        and p.is_file()
-    )
+    """The image files in ``folder`` for training: :func:`inspector.io.list_images` (the one listing rule,
+    shared with the runtime), less hidden files and folders and entries that are not files."""
+    return [
+        path
+        for key, path in list_images(folder, recursive=recursive)
+        if not any(part.startswith(".") for part in key.split("/")) and path.is_file()
+    ]
 
 
 def limit_samples(samples: list[Sample], limit: int | None, seed: int) -> list[Sample]:
