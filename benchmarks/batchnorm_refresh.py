@@ -19,13 +19,13 @@ from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-
 from inspector.config import load_config
 from inspector.training.batchnorm import refresh_best_batchnorm
 from inspector.training.detectors.rdna import RDNA
 from inspector.training.evaluate import evaluate_run
 from inspector.training.trainer import train
+
+REPO = Path(__file__).resolve().parents[1]
 
 METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")
 

@@ -19,7 +19,6 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -27,8 +26,6 @@ from pathlib import Path
 import cv2
 import torch
 from torch.utils.data import DataLoader
-
-REPO = Path(__file__).resolve().parents[1]
 
 from inspector.config import load_config
 from inspector.training.data.anomaly_source import (
@@ -39,6 +36,8 @@ from inspector.training.data.anomaly_source import (
 from inspector.training.data.dataset import ImageDataset
 from inspector.training.data.synthesis import SyntheticAnomalyDataset
 from inspector.training.data.synthetic import build_synthetic_splits
+
+REPO = Path(__file__).resolve().parents[1]
 
 _TEXTURES: dict[str, AnomalySource] = {}
 

@@ -31,8 +31,6 @@ import numpy as np
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-
 from inspector.config import TrainConfig, load_config
 from inspector.errors import InspectorError
 from inspector.metrics import average_precision, fpr_at_tpr, roc_auc
@@ -41,6 +39,8 @@ from inspector.training.batchnorm import REFRESH_IMAGES, recompute_batchnorm
 from inspector.training.data import build_splits
 from inspector.training.data.dataset import load_rgb
 from inspector.training.detectors import build_detector, detector_names
+
+REPO = Path(__file__).resolve().parents[1]
 
 FAMILY = ("alocc", "bigan", "memvae", "advvae")
 BASELINE = "ocsvm"

@@ -31,11 +31,11 @@ from pathlib import Path
 import torch
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-
 from inspector.config import TrainConfig, load_config
 from inspector.training.evaluate import evaluate_run
 from inspector.training.trainer import train
+
+REPO = Path(__file__).resolve().parents[1]
 
 DETECTORS = ("rdna", "draem")
 METRICS = ("image_auroc", "pixel_auroc", "pixel_ap", "aupro")

@@ -142,7 +142,9 @@ def breakdown(run_dir: Path, category: str, args: argparse.Namespace) -> dict:
     row: dict = {
         "region_recall": found / truths if truths else None,
         "region_precision": right / predicted if predicted else None,
-        "regions_on_good_images": int(sum(1 for g, m in zip(good, maps) if g and _has_region(m, pixel_threshold, min_area))),
+        "regions_on_good_images": int(
+            sum(1 for g, m in zip(good, maps) if g and _has_region(m, pixel_threshold, min_area))
+        ),
     }
     groups: dict[str, np.ndarray] = {}
     for kind in sorted({k for k in kinds if k}):
@@ -211,7 +213,13 @@ def markdown(rows: list[dict], args: argparse.Namespace, wall_minutes: float) ->
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
-        cells = [row["category"], row["seed"], *(row.get(name) for name in METRICS), row["steps"], row["train_minutes"]]
+        cells = [
+            row["category"],
+            row["seed"],
+            *(row.get(name) for name in METRICS),
+            row["steps"],
+            row["train_minutes"],
+        ]
         lines.append("| " + " | ".join(_format(cell) for cell in cells) + " |")
     lines += ["", "Medians over seeds, per category:", ""]
     lines.append("| category | image AUROC | pixel AUROC | AUPRO | false rejects | region recall |")
@@ -220,22 +228,39 @@ def markdown(rows: list[dict], args: argparse.Namespace, wall_minutes: float) ->
     for category in categories + ["all"]:
         selected = [row for row in rows if category in ("all", row["category"])]
         cells = [_median([row.get(name) for row in selected]) for name in METRICS[:5]]
-        lines.append(f"| {'**median of all runs**' if category == 'all' else category} | " + " | ".join(_format(c) for c in cells) + " |")
-    lines += ["", "Per defect kind and stratum (median over all runs): image AUROC against the good test images, "
-              "and the share flagged at the calibrated threshold:", ""]
+        lines.append(
+            f"| {'**median of all runs**' if category == 'all' else category} | "
+            + " | ".join(_format(c) for c in cells)
+            + " |"
+        )
+    lines += [
+        "",
+        "Per defect kind and stratum (median over all runs): image AUROC against the good test images, "
+        "and the share flagged at the calibrated threshold:",
+        "",
+    ]
     lines.append("| group | image AUROC | flagged |")
     lines.append("|---|---|---|")
-    groups = sorted({key[len("auroc "):] for row in rows for key in row if key.startswith("auroc ")},
-                    key=lambda name: (not name.startswith("kind:"), name))
+    groups = sorted(
+        {key[len("auroc ") :] for row in rows for key in row if key.startswith("auroc ")},
+        key=lambda name: (not name.startswith("kind:"), name),
+    )
     for group in groups:
         auroc = _median([row.get(f"auroc {group}") for row in rows])
         flagged = _median([row.get(f"flagged {group}") for row in rows])
         lines.append(f"| {group} | {_format(auroc)} | {_format(flagged)} |")
     aggregations = sorted({key for row in rows for key in row if key.startswith("aggregation ")})
     if aggregations:
-        lines += ["", "Image AUROC of other image-score aggregations of the same maps (median over runs):", ""]
+        lines += [
+            "",
+            "Image AUROC of other image-score aggregations of the same maps (median over runs):",
+            "",
+        ]
         lines += ["| aggregation | image AUROC |", "|---|---|"]
-        lines += [f"| {key[len('aggregation '):]} | {_format(_median([row.get(key) for row in rows]))} |" for key in aggregations]
+        lines += [
+            f"| {key[len('aggregation ') :]} | {_format(_median([row.get(key) for row in rows]))} |"
+            for key in aggregations
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -246,15 +271,21 @@ def _median(values: list) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="data/realtex", help="The real-texture dataset (real_texture_data.py).")
-    parser.add_argument("--anomaly-source", default=None, help="Anomaly textures (default: DATA/_anomaly_source).")
+    parser.add_argument(
+        "--data", default="data/realtex", help="The real-texture dataset (real_texture_data.py)."
+    )
+    parser.add_argument(
+        "--anomaly-source", default=None, help="Anomaly textures (default: DATA/_anomaly_source)."
+    )
     parser.add_argument("--config", default="rdna_cpu", help="A preset name or a YAML config.")
     parser.add_argument("--set", action="append", default=[], help="KEY=VALUE config override (repeatable).")
     parser.add_argument("--categories", default=None, help="Comma-separated; default: the reported ones.")
     parser.add_argument("--dev", action="store_true", help="The dev categories (for choosing settings).")
     parser.add_argument("--seeds", default="0", help="Comma-separated seeds.")
     parser.add_argument("--jobs", type=int, default=1, help="Runs at once, each in its own process.")
-    parser.add_argument("--threads", type=int, default=None, help="Torch threads per run (default: cores / jobs).")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="Torch threads per run (default: cores / jobs)."
+    )
     parser.add_argument("--out", default="runs/realtex", help="Where the runs go.")
     parser.add_argument("--tag", default="", help="Suffix of the run names (to keep variants apart).")
     parser.add_argument("--reuse", action="store_true", help="Reuse finished runs instead of training again.")
@@ -271,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         if (marker.parent / "train" / "good").is_dir()  # a category, not the anomaly-source folder
     }
     if not catalogue:
-        raise SystemExit(f"no real-texture dataset in {args.data}; build it: python benchmarks/real_texture_data.py")
+        raise SystemExit(
+            f"no real-texture dataset in {args.data}; build it: python benchmarks/real_texture_data.py"
+        )
     if args.categories:
         categories = [name for name in args.categories.split(",") if name]
     else:
@@ -291,14 +324,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.jobs == 1:
         for task in tasks:
             rows.append(run_one(*task))
-            print(json.dumps({k: v for k, v in rows[-1].items() if not k.startswith(("auroc ", "flagged ", "aggregation "))}), flush=True)
+            print(
+                json.dumps(
+                    {
+                        k: v
+                        for k, v in rows[-1].items()
+                        if not k.startswith(("auroc ", "flagged ", "aggregation "))
+                    }
+                ),
+                flush=True,
+            )
             report()
     else:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
             for row in pool.map(_run_packed, tasks):
                 rows.append(row)
-                print(json.dumps({k: v for k, v in row.items() if not k.startswith(("auroc ", "flagged ", "aggregation "))}), flush=True)
+                print(
+                    json.dumps(
+                        {
+                            k: v
+                            for k, v in row.items()
+                            if not k.startswith(("auroc ", "flagged ", "aggregation "))
+                        }
+                    ),
+                    flush=True,
+                )
                 report()
     print(markdown(rows, args, (time.monotonic() - started) / 60))
     return 0

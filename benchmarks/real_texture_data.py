@@ -22,9 +22,6 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
 from inspector.errors import InspectorError
 from inspector.training.data.defects import DEFECT_KINDS
 from inspector.training.data.real_textures import (

@@ -24,11 +24,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from inspector.normalization import is_anomalous
-from inspector.export.onnx_export import ScoringGraph
 from inspector.artifact import INPUT_NAME, MAP_OUTPUT, SCORE_OUTPUT
 from inspector.errors import InspectorError
+from inspector.export.onnx_export import ScoringGraph
 from inspector.io import list_images
+from inspector.normalization import is_anomalous
 from inspector.preprocess import IMAGE_EXTENSIONS, prepare_batch, read_image
 from inspector.training.data.dataset import load_rgb
 from inspector.training.data.samples import Splits

@@ -18,6 +18,10 @@ import numpy as np
 import onnx
 import torch
 
+from inspector.artifact import METADATA_KEY, ModelMetadata
+from inspector.calibration import Calibration
+from inspector.config import TrainConfig
+from inspector.errors import InspectorError
 from inspector.export.onnx_export import DEFAULT_OPSET, ExportedGraph, export_component, export_scoring_graph
 from inspector.export.parity import (
     DEFAULT_BATCH_SIZES,
@@ -31,10 +35,6 @@ from inspector.export.parity import (
     split_images,
 )
 from inspector.export.writer import COMPONENT_METADATA_KEY, with_metadata
-from inspector.artifact import METADATA_KEY, ModelMetadata
-from inspector.calibration import Calibration
-from inspector.config import TrainConfig
-from inspector.errors import InspectorError
 from inspector.io import atomic_write_bytes, check_writable_folder
 from inspector.training.detectors.base import Detector
 

@@ -14,8 +14,7 @@ import numpy as np
 
 from inspector.errors import ImageReadError
 from inspector.imagesize import declared_size
-from inspector.io import IMAGE_EXTENSIONS, is_image_name  # noqa: F401 - part of the preprocessing vocabulary
-from inspector.io import NotRegularFileError, display_path, read_regular_file
+from inspector.io import IMAGE_EXTENSIONS, NotRegularFileError, display_path, is_image_name, read_regular_file  # noqa: F401 - part of the preprocessing vocabulary
 
 #: Images declaring more pixels than this are refused before decoding (``--max-megapixels`` changes it):
 #: a few dozen bytes can declare gigapixels, which the decoder would allocate.

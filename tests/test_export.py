@@ -16,11 +16,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from inspector.artifact import INPUT_NAME, MAP_OUTPUT, METADATA_KEY, SCORE_OUTPUT, ModelMetadata
+from inspector.cli import cli
 from inspector.export.parity import ParityError
 from inspector.export.pipeline import export_detector
 from inspector.io import atomic_write_bytes
-from inspector.artifact import INPUT_NAME, MAP_OUTPUT, METADATA_KEY, SCORE_OUTPUT, ModelMetadata
-from inspector.cli import cli
 from inspector.preprocess import prepare_batch
 from inspector.training.detectors import build_detector, detector_names, get_detector_class
 

@@ -71,9 +71,7 @@ def test_focal_loss_with_gamma_zero_is_cross_entropy():
     logits = torch.randn(2, 2, 8, 8)
     mask = (torch.rand(2, 1, 8, 8) > 0.7).float()
     cross_entropy = torch.nn.functional.cross_entropy(logits, mask[:, 0].long())
-    assert float(focal_loss(logits, mask, gamma=0.0)) == pytest.approx(
-        float(cross_entropy), rel=1e-4
-    )
+    assert float(focal_loss(logits, mask, gamma=0.0)) == pytest.approx(float(cross_entropy), rel=1e-4)
 
 
 def test_focal_loss_is_small_when_confident_and_right_large_when_wrong():

@@ -11,7 +11,6 @@ import textwrap
 from runtime_images import part, write_png, write_video
 from runtime_models import build_deviation_model
 
-
 # Runs in a fresh interpreter: any import of a blocked package fails as it would where it is not installed.
 SCRIPT = textwrap.dedent(
     """

@@ -16,7 +16,11 @@ from inspector.config import load_config
 from inspector.errors import InspectorError
 from inspector.preprocess import read_image
 from inspector.training.data import synthetic
-from inspector.training.data.anomaly_source import AnomalySource, anomaly_source_from_config, generated_textures
+from inspector.training.data.anomaly_source import (
+    AnomalySource,
+    anomaly_source_from_config,
+    generated_textures,
+)
 from inspector.training.data.dataset import ImageDataset
 from inspector.training.data.perlin import perlin_mask, perlin_noise
 from inspector.training.data.procedural import to_uint8

@@ -23,8 +23,8 @@ from inspector import __version__
 from inspector.config import TrainConfig, config_from_dict, load_config
 from inspector.errors import InspectorError
 from inspector.io import atomic_write, atomic_write_text, display_path  # noqa: F401 - the trainer writes through these
-from inspector.training.detectors.renamed import upgrade_options
 from inspector.training.detectors.base import Detector, build_detector
+from inspector.training.detectors.renamed import upgrade_options
 
 #: Bumped when a checkpoint written by an older version can no longer be read.
 FORMAT_VERSION = 1

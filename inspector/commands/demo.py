@@ -8,7 +8,6 @@ import click
 
 from inspector.commands.options import max_steps_option, time_limit_option, torch_device_option
 
-
 #: The demo's step budget: about 3 minutes of the CPU preset on 2 idle cores, well inside its 10-minute
 #: limit, so a machine busy with other work trains the same model, only more slowly.
 DEMO_STEPS = 400
@@ -77,8 +76,8 @@ def demo_command(
     Example:
       inspector demo --time-limit 3
     """
-    from inspector.export.pipeline import export_run
     from inspector.config import load_config
+    from inspector.export.pipeline import export_run
     from inspector.runtime.folder import inspect_folder
     from inspector.runtime.scoring import Scorer
     from inspector.runtime.session import load_model, threads_per_worker

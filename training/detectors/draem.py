@@ -273,7 +273,10 @@ class DRAEM(Detector):
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
-        results = {"loss": float(total.detach()), **{name: float(value.detach()) for name, value in parts.items()}}
+        results = {
+            "loss": float(total.detach()),
+            **{name: float(value.detach()) for name, value in parts.items()},
+        }
         return results, outputs
 
     def training_step(self, batch: Batch) -> dict[str, float]:

@@ -75,7 +75,9 @@ class RDNA(DRAEM):
         self.reconstruction_discriminator = (
             ConvDiscriminator(channels, discriminator_width) if self.adv_rec_weight > 0 else None
         )
-        self.mask_discriminator = ConvDiscriminator(1, discriminator_width) if self.adv_seg_weight > 0 else None
+        self.mask_discriminator = (
+            ConvDiscriminator(1, discriminator_width) if self.adv_seg_weight > 0 else None
+        )
         for discriminator in self._discriminators().values():
             self.initialise(discriminator)
 
