@@ -99,52 +99,61 @@ def breakdown(run_dir: Path, category: str, args: argparse.Namespace) -> dict:
     """Per-kind and per-stratum image AUROC and detection rate, and region recall/precision."""
     import cv2
 
+    from inspector.calibration import Calibration
     from inspector.metrics import roc_auc
+    from inspector.normalization import CALIBRATED
+    from inspector.runtime.scoring import RegionGrid
     from inspector.training.checkpoint import load_detector
     from inspector.training.data import build_splits
     from inspector.training.data.dataset import ImageDataset
     from inspector.training.evaluate import score_dataset
 
     detector, config, _ = load_detector(run_dir)
-    calibration = json.loads((run_dir / "calibration.json").read_text())
-    image_threshold, pixel_threshold = calibration["image_threshold"], calibration["pixel_threshold"]
+    calibration = Calibration.load(run_dir / "calibration.json")
     min_area = config.calibration.min_region_area
     splits = build_splits(config)
     samples = splits.test
     scored = score_dataset(detector, ImageDataset(samples, config.input_size, config.channels), 8)
     scores, maps = scored.scores, scored.maps
+    flagged = calibration.flag_images(scores)
     defects = json.loads((Path(args.data) / category / "defects.json").read_text())
     category_dir = Path(args.data) / category
 
+    # Regions exactly as the runtime finds them (inspector.runtime.scoring): normalised map, the pixel
+    # threshold, the minimum area, and only on images judged anomalous.
     kinds, strata, good = [], [], []
-    found, truths, right, predicted = 0, 0, 0, 0
-    for sample, anomaly_map, truth in zip(samples, maps, scored.masks):
+    found: dict[str, list[bool]] = {}
+    right, predicted, good_with_regions = 0, 0, 0
+    for sample, anomaly_map, truth, anomalous in zip(samples, maps, scored.masks, flagged):
         relative = Path(sample.image).resolve().relative_to(category_dir.resolve()).as_posix()
         info = defects.get(relative)
         good.append(info is None)
         kinds.append(None if info is None else info["kind"])
         strata.append(None if info is None else (info["size"], info["contrast"]))
-        height, width = anomaly_map.shape[-2:]
-        regions = (anomaly_map.reshape(height, width) >= pixel_threshold).astype(np.uint8)
-        count, labels, stats, _ = cv2.connectedComponentsWithStats(regions, connectivity=8)
-        kept = [index for index in range(1, count) if stats[index, cv2.CC_STAT_AREA] >= min_area]
-        truth_count, truth_labels = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
-        predicted_mask = np.isin(labels, kept)
-        for index in range(1, truth_count):
-            truths += 1
-            found += bool(predicted_mask[truth_labels == index].any())
-        for index in kept:
-            predicted += 1
-            right += bool(truth[labels == index].any())
+        grid = RegionGrid.build(
+            calibration.normalize_anomaly_maps(anomaly_map), anomaly_map.shape[-2:], CALIBRATED, min_area
+        )
+        regions = grid.regions() if anomalous else []
+        region_mask = grid.mask if regions else np.zeros_like(grid.mask)
+        good_with_regions += bool(info is None and regions)
+        count, labels = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
+        for index in range(1, count):
+            hit = bool(region_mask[labels == index].any())
+            for key in ("all", f"size:{info['size']}", f"contrast:{info['contrast']}"):
+                found.setdefault(key, []).append(hit)
+        if regions:
+            region_count, region_labels = cv2.connectedComponents(region_mask.view(np.uint8), connectivity=8)
+            for index in range(1, region_count):
+                predicted += 1
+                right += bool(truth[region_labels == index].any())
 
     scores = np.asarray(scores, np.float64)
     good = np.asarray(good)
     row: dict = {
-        "region_recall": found / truths if truths else None,
+        "region_recall": float(np.mean(found["all"])) if found.get("all") else None,
         "region_precision": right / predicted if predicted else None,
-        "regions_on_good_images": int(
-            sum(1 for g, m in zip(good, maps) if g and _has_region(m, pixel_threshold, min_area))
-        ),
+        "regions_on_good_images": good_with_regions,
+        **{f"region recall {key}": float(np.mean(hits)) for key, hits in found.items() if key != "all"},
     }
     groups: dict[str, np.ndarray] = {}
     for kind in sorted({k for k in kinds if k}):
@@ -175,17 +184,8 @@ def breakdown(run_dir: Path, category: str, args: argparse.Namespace) -> dict:
         labels = np.concatenate([np.zeros(good.sum()), np.ones(members.sum())])
         values = np.concatenate([scores[good], scores[members]])
         row[f"auroc {name}"] = roc_auc(labels, values)
-        row[f"flagged {name}"] = float(np.mean(scores[members] >= image_threshold))
+        row[f"flagged {name}"] = float(np.mean(flagged[members]))
     return row
-
-
-def _has_region(anomaly_map: np.ndarray, threshold: float, min_area: int) -> bool:
-    import cv2
-
-    height, width = anomaly_map.shape[-2:]
-    binary = (anomaly_map.reshape(height, width) >= threshold).astype(np.uint8)
-    count, _, stats, _ = cv2.connectedComponentsWithStats(binary, connectivity=8)
-    return any(stats[index, cv2.CC_STAT_AREA] >= min_area for index in range(1, count))
 
 
 def _run_packed(task: tuple) -> dict:
@@ -239,16 +239,18 @@ def markdown(rows: list[dict], args: argparse.Namespace, wall_minutes: float) ->
         "and the share flagged at the calibrated threshold:",
         "",
     ]
-    lines.append("| group | image AUROC | flagged |")
-    lines.append("|---|---|---|")
+    lines.append("| group | image AUROC | flagged | region recall |")
+    lines.append("|---|---|---|---|")
     groups = sorted(
         {key[len("auroc ") :] for row in rows for key in row if key.startswith("auroc ")},
         key=lambda name: (not name.startswith("kind:"), name),
     )
     for group in groups:
-        auroc = _median([row.get(f"auroc {group}") for row in rows])
-        flagged = _median([row.get(f"flagged {group}") for row in rows])
-        lines.append(f"| {group} | {_format(auroc)} | {_format(flagged)} |")
+        cells = [
+            _median([row.get(f"{prefix} {group}") for row in rows])
+            for prefix in ("auroc", "flagged", "region recall")
+        ]
+        lines.append(f"| {group} | " + " | ".join(_format(cell) for cell in cells) + " |")
     aggregations = sorted({key for row in rows for key in row if key.startswith("aggregation ")})
     if aggregations:
         lines += [

@@ -158,3 +158,16 @@ def write_cmyk_tiff(path: Path, rgb: np.ndarray) -> Path:
     ifd += struct.pack("<I", 0)
     Path(path).write_bytes(b"II*\x00" + struct.pack("<I", 8) + ifd + pixels)
     return Path(path)
+
+
+def textured_images(count: int, size: tuple[int, int] = (40, 48)) -> list[np.ndarray]:
+    """RGB uint8 images of stripes and blobs, larger than the model input so the resize is exercised."""
+    rng = np.random.default_rng(1)
+    rows, cols = np.mgrid[0 : size[0], 0 : size[1]]
+    images = []
+    for index in range(count):
+        stripes = 127 + 100 * np.sin(cols / (2 + index) + rows / 7)
+        blob = 80 * np.exp(-((rows - rng.integers(size[0])) ** 2 + (cols - rng.integers(size[1])) ** 2) / 40)
+        channels = [stripes + blob, stripes[::-1] * 0.8, np.full(size, 60 + 20 * index)]
+        images.append(np.clip(np.stack(channels, axis=2), 0, 255).astype(np.uint8))
+    return images

@@ -13,6 +13,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+from runtime_images import textured_images
 
 from inspector.artifact import INPUT_NAME, MAP_OUTPUT, SCORE_OUTPUT
 from inspector.errors import InspectorError
@@ -73,19 +74,6 @@ def training_batch(count: int, synthetic_anomalies: bool, seed: int = 0) -> dict
     return {"image": image, "augmented": augmented, "mask": mask, "has_anomaly": mask.flatten(1).amax(1)}
 
 
-def textured_images(count: int, size: tuple[int, int] = (40, 48)) -> list[np.ndarray]:
-    """RGB ``uint8`` images of stripes and a blob, larger than the input so that the resize is exercised."""
-    rng = np.random.default_rng(1)
-    rows, cols = np.mgrid[0 : size[0], 0 : size[1]]
-    images = []
-    for index in range(count):
-        stripes = 127 + 100 * np.sin(cols / (2 + index) + rows / 7)
-        blob = 80 * np.exp(-((rows - rng.integers(size[0])) ** 2 + (cols - rng.integers(size[1])) ** 2) / 40)
-        channels = [stripes + blob, stripes[::-1] * 0.8, np.full(size, 60 + 20 * index)]
-        images.append(np.clip(np.stack(channels, axis=2), 0, 255).astype(np.uint8))
-    return images
-
-
 @pytest.mark.parametrize("name", detector_names())
 def test_every_registered_detector_trains_scores_and_exports_with_parity(name):
     torch.manual_seed(0)
@@ -114,7 +102,14 @@ def test_every_registered_detector_trains_scores_and_exports_with_parity(name):
         log=lambda line: None,
     )
     assert checked.parity.passed, checked.parity.summary()
+    assert checked.parity.batch_sizes == [1, 4] and set(checked.parity.by_batch_size) == {"1", "4"}
     assert sorted(graph.name for graph in checked.components) == sorted(detector.components())
+    for graph in [checked.model, *checked.components]:
+        declared = ort.InferenceSession(graph.onnx_bytes, providers=["CPUExecutionProvider"])
+        for item in [*declared.get_inputs(), *declared.get_outputs()]:
+            assert item.shape[0] == "batch" and all(isinstance(size, int) for size in item.shape[1:]), (
+                f"{graph.name}: {item.name} is declared {item.shape}"
+            )
 
     # And onnxruntime against torch once more here, on a batch size the check did not use.
     session = ort.InferenceSession(checked.model.onnx_bytes, providers=["CPUExecutionProvider"])
