@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import shutil
 import subprocess
 import zlib
@@ -46,6 +45,7 @@ from inspector.errors import InspectorError
 from inspector.preprocess import read_image
 
 from .defects import CONTRASTS, DEFECT_KINDS, SIZES, add_defect
+from .generated import MARKER, write_generated_category
 from .gimp_pattern import is_pattern_name, read_gimp_pattern
 from .procedural import to_uint8
 
@@ -55,7 +55,6 @@ GIMP = "usr/share/gimp/2.0/patterns"
 KRITA = "usr/share/krita/patterns"
 #: Written in each generated category; bump when the images change so that old copies are replaced.
 GENERATOR_VERSION = 1
-MARKER = "generated.json"
 DEFECTS_FILE = "defects.json"
 #: Split ids in each image's seed: train, test/good, then one per defect kind (2 + its index).
 TRAIN_SPLIT, TEST_GOOD_SPLIT = 0, 1
@@ -520,25 +519,15 @@ def generate_real_texture_dataset(
             "defect_kinds": list(DEFECT_KINDS),
             "seed": int(seed),
         }
-        parameters = json.loads(json.dumps(parameters))  # tuples as lists, as the marker reads back
         target = out_root / category.name
         folders.append(target)
-        if target.exists():
-            marker = target / MARKER
-            if not marker.is_file():
-                raise InspectorError(
-                    f"{target} exists and was not made by the real-texture generator; choose another output folder"
-                )
-            if json.loads(marker.read_text(encoding="utf-8")) == parameters:
-                continue
-        partial = out_root / f".{category.name}.partial-{os.getpid()}"
-        shutil.rmtree(partial, ignore_errors=True)
-        _write_category(
-            partial, category, textures, size, train_count, test_good_count, defects_per_kind, seed
+        write_generated_category(
+            target,
+            parameters,
+            lambda folder, category=category, textures=textures: _write_category(
+                folder, category, textures, size, train_count, test_good_count, defects_per_kind, seed
+            ),
         )
-        (partial / MARKER).write_text(json.dumps(parameters, indent=2), encoding="utf-8")
-        shutil.rmtree(target, ignore_errors=True)
-        partial.rename(target)
     return folders
 
 

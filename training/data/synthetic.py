@@ -15,10 +15,7 @@ Layout written (as MVTec AD)::
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
-import os
-import shutil
 import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +25,7 @@ import numpy as np
 
 from inspector.config import TrainConfig
 from inspector.errors import InspectorError
+from inspector.training.data.generated import write_generated_category
 from inspector.training.data.procedural import colourize, fractal_noise, smooth_noise, streak_noise, to_uint8
 from inspector.training.data.samples import Splits
 
@@ -39,7 +37,6 @@ GRAY_CATEGORIES = ("metal",)
 DEFECT_KINDS = ("scratch", "crack", "hole", "stain", "contamination")
 #: Written in each generated category; bump when the images change so that old copies are replaced.
 GENERATOR_VERSION = 1
-MARKER = "generated.json"
 
 
 # --- surfaces -------------------------------------------------------------------------------------
@@ -381,27 +378,13 @@ def generate_dataset(
             "defect_kinds": list(DEFECT_KINDS),
             "seed": int(seed),
         }
-        target = root / category
-        stale = target.exists()
-        if stale:
-            marker = target / MARKER
-            if not marker.is_file():
-                raise InspectorError(
-                    f"{target} exists and was not made by the generator; choose another root for the built-in data"
-                )
-            if json.loads(marker.read_text(encoding="utf-8")) == parameters:
-                continue
-        partial = root / f".{category}.partial-{os.getpid()}"
-        shutil.rmtree(partial, ignore_errors=True)
-        _write_category(partial, category, image_size, train_count, test_good, test_defect_per_kind, seed)
-        (partial / MARKER).write_text(json.dumps(parameters, indent=2), encoding="utf-8")
-        if stale:  # generated with other parameters: replace it
-            shutil.rmtree(target, ignore_errors=True)
-        try:
-            partial.rename(target)
-        except OSError:
-            # Another process finished the same category first: keep its copy.
-            shutil.rmtree(partial, ignore_errors=True)
+        write_generated_category(
+            root / category,
+            parameters,
+            lambda folder: _write_category(
+                folder, category, image_size, train_count, test_good, test_defect_per_kind, seed
+            ),
+        )
     return root
 
 
