@@ -77,6 +77,9 @@ class ModelMetadata:
     #: What a client outside Python must do to an image before the graph (docs/architecture.md, section 4).
     preprocessing: dict[str, Any] = field(default_factory=lambda: dict(PREPROCESSING))
     extra: dict[str, Any] = field(default_factory=dict)
+    #: Tiled scoring (``inspector.tiling.Tiling.to_dict``; ``export --tile``); None: the whole image at
+    #: ``input_size``. Models written before the field existed load as None.
+    tiling: dict[str, Any] | None = None
 
     @classmethod
     def from_calibration(
@@ -140,6 +143,8 @@ class ModelMetadata:
         values = asdict(self)
         if values["parity"] is None:
             del values["parity"]
+        if values["tiling"] is None:
+            del values["tiling"]
         return json.dumps(values, sort_keys=True)
 
     @classmethod
@@ -250,6 +255,15 @@ def _check_fields(values: dict[str, Any], source: str) -> None:
         fail("extra", "an object")
     if "preprocessing" in values and not isinstance(values["preprocessing"], dict):
         fail("preprocessing", "an object")
+    if values.get("tiling") is not None:
+        from inspector.tiling import Tiling
+
+        try:
+            tiling = Tiling.from_dict(values["tiling"])
+        except ValueError as error:
+            raise ArtifactError(f"{source}: metadata field 'tiling' {error}; re-export the model") from None
+        if list(tiling.tile) != values["input_size"]:
+            fail("tiling", f"an object whose tile equals input_size {values['input_size']}")
     area = values.get("min_region_area", 0)
     if not (isinstance(area, int) and not isinstance(area, bool) and 0 <= area <= high * high):
         fail("min_region_area", f"an integer from 0 to {high * high}")
