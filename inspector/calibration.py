@@ -141,15 +141,22 @@ def normals_needed(false_reject_rate: float) -> int:
     return int(np.ceil(1.0 / max(false_reject_rate, 1e-9) - 1.0 - 1e-9))
 
 
-def too_few_normals(normal_count: int, false_reject_rate: float) -> str | None:
-    """A one-line warning when ``normal_count`` normals cannot resolve the target rate, else None."""
+def too_few_normals(
+    normal_count: int,
+    false_reject_rate: float,
+    hint: str = "a larger data.val_fraction or more good images",
+) -> str | None:
+    """A one-line warning when ``normal_count`` normals cannot resolve the target rate, else None.
+
+    ``hint`` says where more normal images come from (training: the validation split; ``inspector
+    calibrate``: the good folder)."""
     promised = promised_false_reject_rate(normal_count, false_reject_rate)
     if promised <= false_reject_rate:
         return None
     return (
         f"{normal_count} normal calibration images cannot resolve a {false_reject_rate:.2%} false-reject "
         f"rate: the threshold is their highest score, which promises {promised:.1%}; give "
-        f"{normals_needed(false_reject_rate)} or more (a larger data.val_fraction or more good images)"
+        f"{normals_needed(false_reject_rate)} or more ({hint})"
     )
 
 

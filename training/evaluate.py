@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +21,7 @@ from torch.utils.data import DataLoader
 from inspector.calibration import Calibration, calibrate
 from inspector.config import DATA_FORMATS, DataConfig
 from inspector.errors import InspectorError
-from inspector.metrics import image_metrics, pixel_metrics
+from inspector.evaluation import ScoredSplit, image_counts, measure_at_calibration, summary_lines
 from inspector.training.checkpoint import atomic_write_text, load_detector
 from inspector.training.data import build_splits
 from inspector.training.data.dataset import ImageDataset
@@ -32,22 +31,6 @@ from inspector.training.device import resolve_device
 
 GRID_ROWS = 4
 PRIOR_SAMPLES = 16
-
-
-@dataclass
-class ScoredSplit:
-    """Raw scores of a split, with its ground truth.
-
-    ``scores`` ``[N]``, ``maps`` ``[N, H, W]`` (raw, at the model's input size), ``labels`` ``[N]``,
-    ``masks`` ``[N, H, W]`` bool, ``pixel_truth`` ``[N]``: whether the sample's mask is ground truth (normal
-    images, and anomalous images that have a mask).
-    """
-
-    scores: np.ndarray
-    maps: np.ndarray
-    labels: np.ndarray
-    masks: np.ndarray
-    pixel_truth: np.ndarray
 
 
 @torch.no_grad()
@@ -68,12 +51,8 @@ def score_dataset(
             masks.append(batch["mask"].numpy()[:, 0] > 0.5)
     finally:
         detector.train(was_training)
-    height, width = dataset.input_size
     if not scores:
-        empty = np.zeros((0, height, width), np.float32)
-        return ScoredSplit(
-            np.zeros(0, np.float32), empty, np.zeros(0, np.int64), empty.astype(bool), np.zeros(0, bool)
-        )
+        return ScoredSplit.empty(dataset.input_size)
     pixel_truth = np.array([s.label == 0 or s.mask is not None for s in dataset.samples], dtype=bool)
     return ScoredSplit(
         np.concatenate(scores),
@@ -169,7 +148,7 @@ def evaluate_run(
     # Test metrics at the calibrated thresholds.
     test_set = ImageDataset(splits.test, config.input_size, config.channels)
     test = score_dataset(detector, test_set, batch_size, torch_device)
-    metrics = _test_metrics(test, calibration, notes)
+    metrics = measure_at_calibration(test, calibration, notes)
     metrics.update(
         {
             "image_threshold": calibration.image_threshold,
@@ -180,13 +159,7 @@ def evaluate_run(
                 "promised_false_reject_rate": calibration.data.get("promised_false_reject_rate"),
                 "split": calibration_split,
             },
-            "images": {
-                "test": len(test.labels),
-                "test_normal": int(np.sum(test.labels == 0)),
-                "test_anomalous": int(np.sum(test.labels == 1)),
-                "test_anomalous_with_masks": int(np.sum((test.labels == 1) & test.pixel_truth)),
-                "calibration": len(val.labels),
-            },
+            "images": image_counts(test, len(val.labels)),
             "detector": config.detector,
             "checkpoint": checkpoint,
             "step": state.get("step"),
@@ -218,30 +191,6 @@ def _override_data(data: DataConfig, overrides: dict[str, Any]) -> DataConfig:
     if data.format not in DATA_FORMATS:
         raise InspectorError(f"data format '{data.format}' unknown; use one of {', '.join(DATA_FORMATS)}")
     return data
-
-
-def _test_metrics(test: ScoredSplit, calibration: Calibration, notes: list[str]) -> dict[str, Any]:
-    metrics: dict[str, Any] = {}
-    normal, anomalous = test.labels == 0, test.labels == 1
-    flagged = calibration.flag_images(test.scores)
-    if normal.any():
-        metrics["false_reject_rate"] = float(np.mean(flagged[normal]))
-    if anomalous.any():
-        metrics["detection_rate"] = float(np.mean(flagged[anomalous]))
-    if normal.any() and anomalous.any():
-        metrics.update(image_metrics(test.labels, test.scores, threshold=calibration.image_threshold))
-    else:
-        notes.append(
-            "the test split needs normal and anomalous images for image AUROC, AP and F1; they were skipped"
-        )
-    truth = test.pixel_truth
-    if truth.any() and test.masks[truth].any():
-        metrics.update(
-            pixel_metrics(test.masks[truth], test.maps[truth], threshold=calibration.pixel_threshold)
-        )
-    else:
-        notes.append("the test split has no defect masks: pixel metrics were skipped")
-    return metrics
 
 
 def _grid_rows(dataset: ImageDataset, count: int) -> list[int]:
@@ -301,45 +250,3 @@ def _make_plots(
     if prior is not None:
         written.append(plots.plot_image_grid(prior.float().cpu().numpy(), folder / "prior_samples.png"))
     return [str(path.relative_to(run_dir)) for path in written if path is not None]
-
-
-def summary_lines(metrics: dict[str, Any], run_dir: str | Path | None = None) -> list[str]:
-    """A few human-readable lines of ``metrics.json`` for the command line."""
-    images = metrics.get("images", {})
-    lines = []
-
-    def values(keys: list[tuple[str, str]]) -> str:
-        return "  ".join(f"{label} {metrics[key]:.3f}" for key, label in keys if key in metrics)
-
-    image_part = values(
-        [("image_auroc", "AUROC"), ("image_ap", "AP"), ("image_f1", "F1"), ("fpr_at_95_tpr", "FPR@95TPR")]
-    )
-    pixel_part = values(
-        [("pixel_auroc", "AUROC"), ("pixel_ap", "AP"), ("aupro", "AUPRO"), ("pixel_f1", "F1")]
-    )
-    lines.append(
-        f"test: {images.get('test', 0)} images ({images.get('test_anomalous', 0)} anomalous), "
-        f"{metrics.get('checkpoint', 'best')} checkpoint at step {metrics.get('step')}"
-    )
-    if image_part:
-        lines.append(f"  image: {image_part}")
-    if pixel_part:
-        lines.append(f"  pixel: {pixel_part}")
-    rates = values([("false_reject_rate", "false rejects"), ("detection_rate", "detected")])
-    if rates:
-        lines.append(f"  at the calibrated threshold: {rates}")
-    calibration = metrics.get("calibration", {})
-    target = calibration.get("target")
-    target_text = f", target false-reject rate {target:g}" if target is not None else ""
-    lines.append(
-        f"calibration: {calibration.get('method')} on {images.get('calibration', 0)} {calibration.get('split')} "
-        f"images{target_text}: image threshold {metrics.get('image_threshold', float('nan')):.4g}, "
-        f"pixel threshold {metrics.get('pixel_threshold', float('nan')):.4g}"
-    )
-    for note in metrics.get("notes", []):
-        lines.append(f"note: {note}")
-    if run_dir is not None:
-        lines.append(
-            f"wrote {Path(run_dir) / 'metrics.json'}, {Path(run_dir) / 'calibration.json'}, {Path(run_dir) / 'plots'}/"
-        )
-    return lines

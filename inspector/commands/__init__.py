@@ -3,6 +3,7 @@
 import click
 
 from inspector.commands.bench import bench_command
+from inspector.commands.calibrate import calibrate_command
 from inspector.commands.demo import demo_command
 from inspector.commands.evaluate import eval_command
 from inspector.commands.export import export_command
@@ -16,6 +17,7 @@ COMMANDS: list[click.Command] = [
     train_command,
     eval_command,
     export_command,
+    calibrate_command,
     info_command,
     inspect_command,
     watch_command,

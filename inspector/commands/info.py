@@ -125,7 +125,10 @@ def _pairs(info: dict[str, Any]) -> list[tuple[str, str]]:
             described += f", target {calibration['target']}"
         if calibration.get("data"):
             described += f", data {json.dumps(calibration['data'], sort_keys=True)}"
+        if calibration.get("calibrated"):
+            described += f"; calibrated {calibration['calibrated']}"
         rows.append(("calibration", described))
+        rows += _history_rows(calibration.get("history"))
         rows.append(
             (
                 "thresholds",
@@ -160,6 +163,28 @@ def _pairs(info: dict[str, Any]) -> list[tuple[str, str]]:
     )
     if metadata:
         rows.append(("", "all the metadata, with the preprocessing a client must reproduce: --json"))
+    return rows
+
+
+def _history_rows(history: Any) -> list[tuple[str, str]]:
+    """The calibrations a model had before (``inspector calibrate`` keeps them), oldest first."""
+    if not isinstance(history, list) or not history:
+        return []
+    rows = [("history", f"{len(history)} earlier calibration(s), oldest first")]
+    for entry in history:
+        if not isinstance(entry, dict):
+            continue
+        try:
+            text = str(entry.get("method", "none"))
+            if entry.get("target") is not None:
+                text += f", target {entry['target']:g}"
+            text += (
+                f": image {entry['image_threshold']:.6g}, pixel {entry['pixel_threshold']:.6g} (raw); "
+                f"calibrated {entry.get('calibrated') or 'at export'}"
+            )
+        except (KeyError, TypeError, ValueError):
+            text = "recorded in a form this version cannot read (see --json)"
+        rows.append(("", text))
     return rows
 
 

@@ -98,7 +98,7 @@ def inspect_command(
         load_model(model_path, device, strict_device, threads, warn=echo_warning), threshold, pixel_threshold
     )
     out_dir = out_dir or Path("runs") / "inspect" / (folder.resolve().stem or "images")
-    bar = _ProgressBar(no_progress)
+    bar = ProgressBar(no_progress)
     try:
         summary = inspect_folder(
             folder,
@@ -139,23 +139,28 @@ def inspect_command(
         click.get_current_context().exit(EXIT_ANOMALY)
 
 
-class _ProgressBar:
-    """A click progress bar that opens once the number of images to score is known."""
+class ProgressBar:
+    """A click progress bar on stderr that opens once the number of images to score is known (also used
+    by ``calibrate`` and ``eval MODEL``)."""
 
-    def __init__(self, quiet: bool):
+    def __init__(self, quiet: bool, label: str = "inspecting"):
         self.quiet = quiet
+        self.label = label
         self._bar = None
 
     def start(self, total: int) -> None:
         if not self.quiet and total:
             self._bar = click.progressbar(
-                length=total, label="inspecting", file=sys.stderr, show_pos=True, show_eta=True
+                length=total, label=self.label, file=sys.stderr, show_pos=True, show_eta=True
             )
             self._bar.__enter__()
 
     def advance(self, _record: dict) -> None:
+        self.advance_by(1)
+
+    def advance_by(self, count: int) -> None:
         if self._bar is not None:
-            self._bar.update(1)
+            self._bar.update(count)
 
     def close(self) -> None:
         if self._bar is not None:
