@@ -67,8 +67,12 @@ def export_run(
     tolerance: float = DEFAULT_TOLERANCE,
     parity_images: str | Path | None = None,
     log: Callable[[str], None] = print,
+    tile: bool = False,
 ) -> ExportResult:
     """Export a trained run to ``out_dir/model.onnx`` (default ``RUN_DIR/export``), checked for parity.
+
+    ``tile``: a run trained on crops is exported as a graph of one crop that scores whole images in tiles,
+    recalibrated on tiled scores (:mod:`inspector.export.tiling`).
 
     Raises:
         InspectorError: bad input (no run, no checkpoint, unknown detector or checkpoint version, never
@@ -103,6 +107,11 @@ def export_run(
     for note in notes:
         log(f"warning: {note}")
     log(f"loaded {config.detector} from {run_dir} ({checkpoint} checkpoint{_step_text(state)})")
+    tiling = None
+    if tile:
+        from inspector.export.tiling import tile_for_export
+
+        tiling, calibration, config = tile_for_export(detector, config, log=log)
 
     images, source, trained_on = _parity_inputs(config, parity_images)
     metadata = ModelMetadata.from_calibration(
@@ -113,6 +122,7 @@ def export_run(
         trained_on,
         min_region_area=config.calibration.min_region_area,
     )
+    metadata.tiling = tiling.to_dict() if tiling is not None else None
     checked = export_detector(
         detector,
         images,

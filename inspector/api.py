@@ -119,8 +119,19 @@ class Model:
 
     @property
     def input_size(self) -> tuple[int, int]:
-        """The model's input (height, width); images of any size are resized to it, never cropped."""
+        """The model's input (height, width); images of any size are resized to it, never cropped (a tiled
+        model's input is one tile: see :attr:`tiling`)."""
         return self.session.input_size
+
+    @property
+    def tiling(self) -> dict | None:
+        """How a tiled model (``inspector export --tile``) scores an image, else None: each image is
+        resized whole to ``image_size`` (the scale the model was trained at), cut into ``tile``-sized
+        tiles at most ``stride`` apart, and their maps stitched; maps, regions and overlays come from the
+        stitched map, the score from it as the detector defines its score. Nothing to set: :meth:`score`,
+        :meth:`stream` and :meth:`predict` do it."""
+        tiling = self.session.tiling
+        return tiling.to_dict() if tiling is not None else None
 
     @property
     def providers(self) -> list[str]:

@@ -18,6 +18,7 @@ from inspector.errors import InspectorError
 from inspector.normalization import CALIBRATED, is_anomalous
 from inspector.preprocess import prepare_batch, resize_map
 from inspector.runtime.session import ModelSession
+from inspector.runtime.tiling import TileBatch, infer_tiles, prepare_tiles
 
 # Regions of larger images are found on a grid of at most this many pixels (scaled back to original
 # pixels): still many times finer than the model's map, and a 24 MP photo costs milliseconds, not seconds.
@@ -135,9 +136,10 @@ class RegionGrid:
 class Inspection:
     """The verdict on one image.
 
-    ``anomaly_map`` is the normalised map at the model's resolution; :meth:`full_anomaly_map` lays it onto
-    the original image (``image_size`` = height, width) pixel for pixel: the model saw the whole image
-    resized, never cropped. ``defect_regions`` are in original pixels.
+    ``anomaly_map`` is the normalised map at the model's resolution (a tiled model's: the stitched map at
+    its tiling's ``image_size``); :meth:`full_anomaly_map` lays it onto the original image (``image_size`` =
+    height, width) pixel for pixel: the model saw the whole image resized (a tiled model: resized, then
+    cut into tiles that cover it), never cropped. ``defect_regions`` are in original pixels.
     """
 
     score: float
@@ -220,6 +222,11 @@ class Scorer:
     (images → model input), ``infer`` (model input → raw scores and maps), ``finish`` (one image's raw
     outputs → :class:`Inspection`).
 
+    A model with a ``tiling`` in its metadata (``inspector export --tile``) is run tile by tile:
+    ``prepare`` resizes each image to the tiling's ``image_size`` and cuts it into tiles (a
+    :class:`~inspector.runtime.tiling.TileBatch`), ``infer`` runs the tiles and returns per image the
+    stitched map and the score recomputed from it (:mod:`inspector.runtime.tiling`); ``finish`` is the same.
+
     Example:
         >>> scorer = Scorer(load_model("model.onnx"), image_threshold=0.6)
         >>> inspection = scorer.score([read_image("part.png")])[0]
@@ -233,11 +240,20 @@ class Scorer:
         self.image_threshold = check_threshold(image_threshold, "--threshold")
         self.pixel_threshold = check_threshold(pixel_threshold, "--pixel-threshold")
         self.min_region_area = session.metadata.min_region_area
+        self.tiling = session.tiling
 
-    def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray:
+    def prepare(self, images: Sequence[np.ndarray]) -> np.ndarray | TileBatch:
+        """Model input for RGB ``uint8`` images of any sizes (a tiled model: their tiles)."""
+        if self.tiling is not None:
+            return prepare_tiles(images, self.tiling, self.session.channels)
         return prepare_batch(images, self.session.input_size, self.session.channels)
 
-    def infer(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def infer(self, batch: np.ndarray | TileBatch) -> tuple[np.ndarray, np.ndarray]:
+        """Raw scores ``[N]`` and raw maps ``[N, h, w]`` of :meth:`prepare`'s output."""
+        if isinstance(batch, TileBatch):
+            if self.tiling is None:
+                raise ValueError("tiles were given to a model without tiling")
+            return infer_tiles(self.session, batch, self.tiling)
         return self.session.run(batch)
 
     def finish(self, image_shape: Sequence[int], raw_score: float, raw_map: np.ndarray) -> Inspection:

@@ -25,6 +25,7 @@ from inspector.artifact import (
 from inspector.calibration import Calibration
 from inspector.errors import ArtifactError, InspectorError
 from inspector.io import check_regular_file
+from inspector.tiling import Tiling
 
 log = logging.getLogger("inspector.runtime")
 
@@ -186,10 +187,19 @@ class ModelSession:
         self.device = device
         self.calibration: Calibration = metadata.to_calibration()
         self.providers: list[str] = session.get_providers()
+        #: How the model scores a whole image in tiles (``export --tile``); None: the whole image at once.
+        self.tiling: Tiling | None = Tiling.from_dict(metadata.tiling) if metadata.tiling else None
 
     @property
     def input_size(self) -> tuple[int, int]:
+        """The graph's input (height, width): the whole image's size, or one tile's for a tiled model."""
         return int(self.metadata.input_size[0]), int(self.metadata.input_size[1])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """The (height, width) a whole image is resized to before scoring: the tiling's ``image_size``
+        for a tiled model, else :attr:`input_size`. Anomaly maps come back at this size."""
+        return self.tiling.image_size if self.tiling is not None else self.input_size
 
     @property
     def channels(self) -> int:

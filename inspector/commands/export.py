@@ -58,6 +58,12 @@ def _log(line: str) -> None:
     default=None,
     help="Folder of images for the parity check, when the run's own data is not on this machine.",
 )
+@click.option(
+    "--tile",
+    is_flag=True,
+    help="For a run trained on crops (crop_size): export a graph of one crop that scores any image resized "
+    "to the run's input_size in overlapping tiles, recalibrated on tiled scores (draem, rdna).",
+)
 def export_command(
     run_dir: str,
     to_onnx: bool,
@@ -69,6 +75,7 @@ def export_command(
     force: bool,
     tolerance: float,
     parity_images: str | None,
+    tile: bool,
 ) -> None:
     """Export a trained run to ONNX: model.onnx (image -> raw score and anomaly map, dynamic batch) with the
     calibration inside, plus components/, after checking it against torch on the run's validation images.
@@ -92,6 +99,7 @@ def export_command(
             tolerance=tolerance,
             parity_images=parity_images,
             log=_log,
+            tile=tile,
         )
     except ParityError as error:
         click.echo(f"error: export failed its check: {error}", err=True)
