@@ -15,14 +15,16 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import cv2
 import numpy as np
 
 from inspector.errors import InspectorError
 from inspector.io import FolderLock, atomic_write_text, display_path, make_folder, os_error_text
+from inspector.runtime.events import DRAIN_SECONDS, EventPublisher, Sink, frame_event
 from inspector.runtime.overlay import (
     OVERLAY_SUFFIX,
     OVERLAYS_DIR,
@@ -37,6 +39,9 @@ from inspector.runtime.result import score_frame
 from inspector.runtime.scoring import Scorer
 from inspector.runtime.sources import FrameReader, Source
 
+if TYPE_CHECKING:
+    from inspector.runtime.live_view import LiveView
+
 EVENTS_NAME = "events.jsonl"
 SUMMARY_NAME = "summary.json"
 WINDOW_TITLE = "inspector watch (q to quit)"
@@ -48,6 +53,7 @@ DEFAULT_RECORD_FPS = 15.0  # for sources that do not report a frame rate
 MEASURE_SECONDS = 1.0
 MEASURE_FRAMES = 30
 FPS_TOLERANCE = 0.2  # a reported rate within 20 % of the measured one is taken as the exact nominal value
+PROGRESS_SECONDS = 2.0  # how often the progress callback (the headless progress line) is called
 
 
 def watch(
@@ -63,6 +69,11 @@ def watch(
     max_frames: int | None = None,
     notify: Callable[[str], None] | None = None,
     stop: threading.Event | None = None,
+    sinks: list[Sink] | None = None,
+    live_view: LiveView | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+    progress_seconds: float = PROGRESS_SECONDS,
+    drain_seconds: float = DRAIN_SECONDS,
 ) -> dict[str, Any]:
     """Inspect frames from ``source`` until it ends or the user stops; returns the run summary.
 
@@ -70,6 +81,12 @@ def watch(
     frame. ``events`` chooses which frames are logged to ``events.jsonl`` (anomalous or all), ``save``
     which overlays are written to ``overlays/`` (all, anomalous or none, as ``inspect --save``); ``record``
     writes every overlay to a video. ``stop`` lets a caller end the run from another thread.
+
+    ``sinks`` (:func:`inspector.runtime.events.build_sinks`) receive every logged event through the on-disk
+    queue ``OUT/event_queue.sqlite``, on their own threads; at the end they get up to ``drain_seconds`` to
+    take what is queued. ``live_view`` (:class:`inspector.runtime.live_view.LiveView`) is served the
+    frames and counts and may change the threshold or pause the run. ``progress`` is called about every
+    ``progress_seconds`` with the counts so far (:meth:`_Stats.snapshot`).
     """
     if events not in EVENT_CHOICES:
         raise InspectorError(f"--events {events!r}: choose one of {', '.join(EVENT_CHOICES)}")
@@ -78,27 +95,43 @@ def watch(
     out_dir = make_folder(out_dir)
     if record:
         _check_recording_path(Path(record))
+    options = _Options(
+        headless, record, realtime, events, save, max_frames, sinks or [], live_view, progress,
+        progress_seconds, drain_seconds,
+    )  # fmt: skip
     with FolderLock(out_dir):
-        return _watch(
-            source, scorer, out_dir, headless, record, realtime, events, save, max_frames, notify, stop
-        )
+        return _watch(source, scorer, out_dir, options, notify, stop)
+
+
+@dataclass
+class _Options:
+    headless: bool
+    record: str | Path | None
+    realtime: bool
+    events: str
+    save: str
+    max_frames: int | None
+    sinks: list[Sink]
+    live_view: LiveView | None
+    progress: Callable[[dict[str, Any]], None] | None
+    progress_seconds: float
+    drain_seconds: float
 
 
 def _watch(
     source: Source,
     scorer: Scorer,
     out_dir: Path,
-    headless: bool,
-    record: str | Path | None,
-    realtime: bool,
-    events: str,
-    save: str,
-    max_frames: int | None,
+    options: _Options,
     notify: Callable[[str], None] | None,
     stop: threading.Event | None,
 ) -> dict[str, Any]:
     notify = notify or (lambda message: None)
     stop = stop or threading.Event()
+    headless, record, realtime, events, save, max_frames = (
+        options.headless, options.record, options.realtime, options.events, options.save, options.max_frames
+    )  # fmt: skip
+    live_view = options.live_view
     events_path = out_dir / EVENTS_NAME
     try:
         event_log = open(events_path, "a", encoding="utf-8")  # noqa: SIM115 - closed in the finally below
@@ -113,13 +146,32 @@ def _watch(
     recorder: _Recorder | None = _Recorder(Path(record), source) if record else None
     ended_by = "end of source"
     failure: InspectorError | None = None
+    publisher: EventPublisher | None = None
+    delivery: dict[str, Any] | None = None
+    next_progress = time.monotonic() + options.progress_seconds
+
+    def log_event(event: dict[str, Any], publish: bool) -> None:
+        _append_line(event_log, events_path, json.dumps(event, ensure_ascii=False))
+        if publish and publisher is not None:
+            publisher.publish(event)
+
     with _stop_on_signals(stop), event_log:
         try:
+            if options.sinks:
+                publisher = EventPublisher(options.sinks, out_dir, notify).start()
+            if live_view is not None:
+                live_view.start(scorer.image_threshold)
             reader.start()
             while True:
                 if stop.is_set():
                     ended_by = "stopped"
                     break
+                if live_view is not None:
+                    for change in live_view.take_changes(scorer):
+                        log_event(change, publish=False)
+                    if live_view.paused:
+                        time.sleep(0.05)
+                        continue
                 frame = reader.next(timeout=0.1)
                 if frame is None:
                     if reader.ended:
@@ -136,7 +188,14 @@ def _watch(
                     result.overlay = f"{OVERLAYS_DIR}/{name}"
                     write_image(out_dir / result.overlay, overlay)
                 if events == "all" or result.anomalous:
-                    _append_line(event_log, events_path, json.dumps(result.to_record(), ensure_ascii=False))
+                    log_event(frame_event(result, scorer.image_threshold), publish=True)
+                if live_view is not None:
+                    live_view.show(overlay, result, stats.snapshot(reader))
+                if options.progress is not None and time.monotonic() >= next_progress:
+                    next_progress = time.monotonic() + options.progress_seconds
+                    snapshot = stats.snapshot(reader)
+                    snapshot["events_waiting"] = publisher.waiting() if publisher is not None else None
+                    options.progress(snapshot)
                 if not headless:
                     cv2.imshow(WINDOW_TITLE, overlay)
                     if cv2.waitKey(1) & 0xFF in (ord("q"), 27):
@@ -159,7 +218,14 @@ def _watch(
                 recorder.close()
             if not headless:
                 cv2.destroyAllWindows()
+            if publisher is not None:
+                delivery = publisher.close(options.drain_seconds)
+            if live_view is not None:
+                live_view.close()
     summary = stats.summary(source, reader, ended_by, record, recorder)
+    if delivery is not None:
+        summary["events_delivered"] = delivery["delivered"]
+        summary["events_waiting"] = delivery["waiting"]
     try:
         atomic_write_text(out_dir / SUMMARY_NAME, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     except OSError as error:
@@ -210,6 +276,21 @@ class _Stats:
         self.scored += 1
         self.anomalous += int(anomalous)
         self.latencies.append(latency)
+
+    def snapshot(self, reader: FrameReader) -> dict[str, Any]:
+        """The counts so far, for the progress line and the live view: frames scored, anomalous, good and
+        dropped, the smoothed FPS and the latency (last frame, and median of the last 100) in ms."""
+        recent = self.latencies[-100:]
+        return {
+            "frames_scored": self.scored,
+            "anomalous": self.anomalous,
+            "good": self.scored - self.anomalous,
+            "frames_dropped": reader.frames_dropped,
+            "fps": round(self.fps, 2),
+            "latency_ms": round(recent[-1] * 1000.0, 1) if recent else None,
+            "latency_median_ms": round(float(np.median(recent)) * 1000.0, 1) if recent else None,
+            "seconds": round(time.monotonic() - self.started, 1),
+        }
 
     def summary(
         self, source: Source, reader: FrameReader, ended_by: str, record: Any, recorder: _Recorder | None

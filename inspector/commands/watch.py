@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import click
@@ -12,6 +13,7 @@ from inspector.commands.options import (
     megapixels_to_pixels,
     model_option,
     pixel_threshold_option,
+    progress_option,
     runtime_device_option,
     save_option,
     strict_device_option,
@@ -72,12 +74,52 @@ from inspector.commands.options import (
 @click.option(
     "--max-frames", type=click.IntRange(min=1), default=None, help="Stop after scoring this many frames."
 )
+@click.option(
+    "--publish",
+    "publish",
+    metavar="mqtt://HOST[:PORT]/TOPIC",
+    multiple=True,
+    help="Publish every event written to events.jsonl to this MQTT topic (QoS 1; mqtts:// for TLS; "
+    "needs pip install 'inspector-vision[line]'). Events wait in OUT/event_queue.sqlite while the broker "
+    "is down and are sent in order when it is back. Repeatable.",
+)
+@click.option(
+    "--webhook",
+    "webhooks",
+    metavar="URL",
+    multiple=True,
+    help="POST every event as JSON to this http(s) URL (a 2xx answer acknowledges it; queued and retried "
+    "in order otherwise). Repeatable.",
+)
+@click.option(
+    "--exec",
+    "commands",
+    metavar="COMMAND",
+    multiple=True,
+    help="Run COMMAND for every event with the event JSON on standard input, in the --out folder "
+    "(exit code 0 acknowledges it; queued and retried in order otherwise). Repeatable.",
+)
+@click.option(
+    "--serve",
+    metavar="[HOST:]PORT",
+    default=None,
+    help="Serve a live view (overlay stream, FPS, latency, counts, latest anomalies, sensitivity "
+    "control, pause) at http://HOST:PORT/; HOST defaults to 127.0.0.1, any other address needs --token.",
+)
+@click.option(
+    "--token",
+    envvar="INSPECTOR_TOKEN",
+    default=None,
+    help="Access token of the --serve page (also from INSPECTOR_TOKEN); generated and printed when "
+    "--serve binds an address other than 127.0.0.1 and none is given.",
+)
 @max_megapixels_option
 @threshold_option
 @pixel_threshold_option
 @runtime_device_option
 @strict_device_option
 @threads_option
+@progress_option
 def watch_command(
     model_path: str,
     camera: int | None,
@@ -96,16 +138,28 @@ def watch_command(
     device: str,
     strict_device: bool,
     threads: int,
+    publish: tuple[str, ...],
+    webhooks: tuple[str, ...],
+    commands: tuple[str, ...],
+    serve: str | None,
+    token: str | None,
+    no_progress: bool,
 ) -> None:
     """Score the newest frame of a camera, video, stream or folder and show the heatmap overlay with FPS
     and latency. Press q (or Ctrl-C, or send SIGTERM) to stop; everything is flushed on the way out.
 
     A camera or stream that drops is reopened with backoff; the end of a video file ends the run.
 
+    Headless, a progress line on stderr gives FPS, latency and counts as the run goes. Events can go to
+    the line as they happen (--publish, --webhook, --exec), and --serve shows the run in a browser.
+
     \b
-    Example:
+    Examples:
       inspector watch --model model.onnx --source line.mp4 --headless --record annotated.mp4
+      inspector watch --model model.onnx --camera 0 --headless --serve 8080 \\
+          --publish mqtt://broker:1883/line1/inspector --exec "python reject_gate.py"
     """
+    from inspector.runtime.events import build_sinks
     from inspector.runtime.scoring import Scorer
     from inspector.runtime.session import load_model, threads_per_worker
     from inspector.runtime.sources import open_source
@@ -119,18 +173,36 @@ def watch_command(
     scorer = Scorer(
         load_model(model_path, device, strict_device, threads, warn=echo_warning), threshold, pixel_threshold
     )
-    summary = watch(
-        frame_source,
-        scorer,
-        out_dir,
-        headless=headless,
-        record=record,
-        realtime=realtime,
-        events=events,
-        save=save,
-        max_frames=max_frames,
-        notify=_note,
-    )
+    sinks = build_sinks(publish, webhooks, commands, cwd=out_dir)
+    live_view = None
+    if serve is not None:
+        from inspector.runtime.live_view import LiveView, parse_bind
+
+        host, port = parse_bind(serve)
+        live_view = LiveView(out_dir, host, port, token=token, source_name=frame_source.name)
+        click.echo(f"live view: {live_view.url(with_token=True)}", err=True)
+    progress = None if no_progress or not headless else _ProgressLine()
+    try:
+        summary = watch(
+            frame_source,
+            scorer,
+            out_dir,
+            headless=headless,
+            record=record,
+            realtime=realtime,
+            events=events,
+            save=save,
+            max_frames=max_frames,
+            notify=_note,
+            sinks=sinks,
+            live_view=live_view,
+            progress=progress,
+        )
+    finally:
+        if live_view is not None:
+            live_view.close()
+        if progress is not None:
+            progress.end()
     latency = summary["latency_ms"]
     click.echo(
         f"{summary['frames_scored']} frames scored ({summary['frames_dropped']} dropped to stay current), "
@@ -142,7 +214,40 @@ def watch_command(
         + (f"; overlays: {out_dir / 'overlays'}" if save != "none" else "")
         + (f"; recording: {record} at {summary['recording_fps']:g} fps" if summary["recording_fps"] else "")
     )
+    for key, delivered in summary.get("events_delivered", {}).items():
+        waiting = summary["events_waiting"][key]
+        click.echo(
+            f"{key}: {delivered} events delivered"
+            + (f", {waiting} wait in {out_dir / 'event_queue.sqlite'} for the next run" if waiting else "")
+        )
 
 
 def _note(message: str) -> None:
     click.echo(f"watch: {message}", err=True)
+
+
+class _ProgressLine:
+    """The headless progress line on stderr: rewritten in place on a terminal, one line per update else."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stderr.isatty()
+        self.shown = False
+
+    def __call__(self, snapshot: dict) -> None:
+        latency = snapshot["latency_median_ms"]
+        line = (
+            f"watch: {snapshot['frames_scored']} frames ({snapshot['good']} good, {snapshot['anomalous']} "
+            f"anomalous, {snapshot['frames_dropped']} dropped), {snapshot['fps']:.1f} FPS, latency "
+            f"{latency if latency is not None else 0:.0f} ms"
+        )
+        if snapshot.get("events_waiting"):
+            line += f", {snapshot['events_waiting']} events waiting for delivery"
+        if self.tty:
+            click.echo("\r\x1b[K" + line, err=True, nl=False)
+        else:
+            click.echo(line, err=True)
+        self.shown = True
+
+    def end(self) -> None:
+        if self.tty and self.shown:
+            click.echo("", err=True)
