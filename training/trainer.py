@@ -9,6 +9,10 @@ What it writes is the run directory of docs/architecture.md (section 3)::
     runs/<name>/checkpoints/best.pt      lowest validation loss so far
     runs/<name>/history.csv              one row per step: losses, validation loss, learning rate, time
     runs/<name>/metrics.json, calibration.json, plots/
+
+Under torchrun (``inspector train --devices N``) every process runs this same loop on its share of each
+batch (``training.distributed``): gradients are averaged before every optimizer step, and only rank 0
+validates, writes the run directory and draws the progress bar; the others wait for it where it matters.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ from inspector.training.checkpoint import (
 from inspector.training.data import build_splits, training_datasets
 from inspector.training.detectors.base import Detector, build_detector
 from inspector.training.device import resolve_device
+from inspector.training.distributed import GradientSync, World, joined, rank_seed
 
 HISTORY_FILE = "history.csv"
 #: How the run ended and how much of its plan it did; evaluation copies it into ``metrics.json``.
@@ -74,6 +79,7 @@ def train(
     progress: bool = True,
     evaluate: bool = True,
     log=print,
+    backend: str = "auto",
 ) -> Path:
     """Train ``config.detector`` on ``config.data``; return the run directory.
 
@@ -84,17 +90,28 @@ def train(
     whole training time, resumed sessions included; the learning-rate schedule follows whichever budget,
     steps or time, binds.
 
+    Started by torchrun (the ``RANK``, ``WORLD_SIZE``... variables set), every process calls this: they
+    join a process group (``backend``: ``auto`` = NCCL on CUDA, gloo on the CPU), each trains on its share
+    of every batch (``batch_size`` is the total over the processes) and the gradients are averaged; only rank
+    0 logs, writes the run directory and evaluates. Every process returns the run directory.
+
     Raises:
-        InspectorError: bad input (data, detector, options, device); nothing in the run directory is lost.
+        InspectorError: bad input (data, detector, options, device, torchrun variables, backend); nothing in
+            the run directory is lost.
         TrainingInterrupted: Ctrl-C or SIGTERM; ``last.pt`` holds the state to resume from.
 
     Example:
         >>> run_dir = train(load_config("rdna_cpu", {"epochs": 1}))
     """
-    run = _prepare_run(copy.deepcopy(config), resume, log)
-    stopped_by = _train_loop(run, progress)
-    _finish_run(run, stopped_by, log)
-    if evaluate:
+    with joined(resolve_device(config.device), backend) as world:
+        if not world.is_main:
+            log, progress = _quiet, False
+        run = _prepare_run(copy.deepcopy(config), resume, log, world)
+        stopped_by = _train_loop(run, progress)
+        if world.is_main:
+            _finish_run(run, stopped_by, log)
+        world.barrier()  # every process returns once the checkpoints are final
+    if evaluate and world.is_main:
         from inspector.training.evaluate import evaluate_run
 
         try:
@@ -105,6 +122,10 @@ def train(
                 f"`inspector eval {run.run_dir}`)"
             ) from None
     return run.run_dir
+
+
+def _quiet(line: str) -> None:
+    """The log of ranks above 0: rank 0 speaks for the run."""
 
 
 @dataclass
@@ -125,6 +146,7 @@ class _Run:
     steps_per_epoch: int
     total_steps: int
     time_limit: float | None
+    world: World = World()
     step: int = 0
     best_val_loss: float | None = None
     val_loss: float | None = None
@@ -139,6 +161,9 @@ class _Run:
         return time.monotonic() - self.started
 
     def save(self, which: str) -> None:
+        """Write checkpoint ``which`` (rank 0 only: the weights are the same on every process)."""
+        if not self.world.is_main:
+            return
         save_checkpoint(
             checkpoint_path(self.run_dir, which),
             self.detector,
@@ -153,9 +178,9 @@ class _Run:
         )
 
 
-def _prepare_run(config: TrainConfig, resume: bool, log) -> _Run:
+def _prepare_run(config: TrainConfig, resume: bool, log, world: World = World()) -> _Run:
     """Data, run directory, detector, loaders and budgets (and the saved state when resuming)."""
-    device = resolve_device(config.device)
+    device = world.device(resolve_device(config.device))
     # The data first: a missing folder or unknown category fails before anything is written.
     splits = build_splits(config)
     if not splits.train:
@@ -170,7 +195,8 @@ def _prepare_run(config: TrainConfig, resume: bool, log) -> _Run:
                 "with its own config.yaml"
             )
     else:
-        run_dir = _new_run_dir(config.run_dir)
+        # Rank 0 picks the new folder (``<name>-2`` when taken); the others take its choice.
+        run_dir = world.broadcast(_new_run_dir(config.run_dir) if world.is_main else None)
         config.name = run_dir.name
 
     _seed_everything(config.seed)
@@ -180,7 +206,7 @@ def _prepare_run(config: TrainConfig, resume: bool, log) -> _Run:
             f"crop_size works with the fully convolutional detectors (rdna, draem), not '{config.detector}'"
         )
     train_set, val_set = training_datasets(config, splits, detector.uses_synthetic_anomalies)
-    batch_size = min(config.batch_size, len(train_set))
+    batch_size = _batch_size(config.batch_size, len(train_set), world.size)
     if batch_size < config.batch_size:
         log(
             f"warning: only {len(train_set)} training images: batch size {batch_size} instead of {config.batch_size}"
@@ -194,8 +220,10 @@ def _prepare_run(config: TrainConfig, resume: bool, log) -> _Run:
             f"nothing to train: epochs {config.epochs}, max_steps {config.max_steps}; use >= 1"
         )
 
-    sampler = _EpochSampler(len(train_set), config.seed)
+    sampler = _EpochSampler(len(train_set), config.seed, world.rank, world.size, batch_size)
     workers = max(0, int(config.data.workers))
+    # Rank 0 keeps the one-process streams; the others draw their own worker seeds.
+    loader_seed = config.seed if world.is_main else rank_seed(config.seed, world.rank)
     run = _Run(
         config=config,
         run_dir=run_dir,
@@ -207,13 +235,13 @@ def _prepare_run(config: TrainConfig, resume: bool, log) -> _Run:
         sampler=sampler,
         train_loader=DataLoader(
             _EpochItems(train_set),
-            batch_size=batch_size,
+            batch_size=batch_size // world.size,
             sampler=sampler,
             drop_last=True,  # equal batches: batch norm and the loss scale do not jump at an epoch's end
             num_workers=workers,
             persistent_workers=workers > 0,
             worker_init_fn=_seed_worker,
-            generator=torch.Generator().manual_seed(config.seed),
+            generator=torch.Generator().manual_seed(loader_seed),
             pin_memory=device.type == "cuda",
         ),
         val_loader=DataLoader(val_set, batch_size=batch_size, shuffle=False, num_workers=0),
@@ -221,6 +249,7 @@ def _prepare_run(config: TrainConfig, resume: bool, log) -> _Run:
         steps_per_epoch=steps_per_epoch,
         total_steps=total_steps,
         time_limit=None if config.time_limit_minutes is None else 60.0 * config.time_limit_minutes,
+        world=world,
     )
     detector.to(memory_format=run.memory_format)
     detector.configure_optimizers(config.lr, total_steps)
@@ -236,13 +265,19 @@ def _prepare_run(config: TrainConfig, resume: bool, log) -> _Run:
                 f"steps per epoch then, {steps_per_epoch} now); resuming, but not exactly where it stopped"
             )
         log(f"resuming {run_dir} at step {run.step} of {total_steps}")
+    if not world.is_main:
+        # The checkpoint holds rank 0's random streams, and a new run seeded them alike on every rank: the
+        # others draw their own (noise, latent codes), from the seed, their rank and the step.
+        _seed_everything(rank_seed(config.seed, world.rank, run.step))
     run.started = time.monotonic() - run.elapsed_before
 
-    _remove_stale_temporary_files(run_dir)
-    atomic_write_text(run_dir / "config.yaml", _yaml(config))
+    if world.is_main:
+        _remove_stale_temporary_files(run_dir)
+        atomic_write_text(run_dir / "config.yaml", _yaml(config))
+    processes = f" x {world.size} processes ({world.backend})" if world.is_distributed else ""
     log(
         f"training {config.detector} on {_describe(splits)} ({len(splits.train)} train / {len(splits.val)} val / "
-        f"{len(splits.test)} test images) on {device.type}: {total_steps} steps of batch {batch_size} "
+        f"{len(splits.test)} test images) on {device.type}{processes}: {total_steps} steps of batch {batch_size} "
         f"({steps_per_epoch} per epoch){_limit_text(run.time_limit)} -> {run_dir}"
     )
     if resume and run.step >= total_steps:
@@ -259,9 +294,15 @@ def _prepare_run(config: TrainConfig, resume: bool, log) -> _Run:
 def _train_loop(run: _Run, progress: bool) -> str:
     """Optimise until the steps, the time limit or the detector's criterion end the run; return which
     (``done``, ``time limit``, ``detector``). Ctrl-C, SIGTERM and data errors save ``last.pt`` first."""
-    config, detector = run.config, run.detector
-    history = _History(run.run_dir / HISTORY_FILE, keep_until_step=run.step if run.resume else None)
-    bar = _ProgressBar(run.total_steps, enabled=progress, time_limit=run.time_limit)
+    config, detector, world = run.config, run.detector, run.world
+    history = (
+        _History(run.run_dir / HISTORY_FILE, keep_until_step=run.step if run.resume else None)
+        if world.is_main
+        else None
+    )
+    bar = _ProgressBar(run.total_steps, enabled=progress and world.is_main, time_limit=run.time_limit)
+    sync = GradientSync(detector, world)
+    sync.start()
     stop = _StopOnInterrupt()
     session_start, session_start_step = time.monotonic(), run.step
     last_saved, last_saved_step = time.monotonic(), run.step
@@ -278,33 +319,44 @@ def _train_loop(run: _Run, progress: bool) -> str:
                 for batch in _batches(run.train_loader, stop):
                     detector.set_progress(_progress(run.step, run.total_steps, run.elapsed(), run.time_limit))
                     losses = detector.training_step(_to_device(batch, run.device, run.memory_format))
+                    sync.after_step()
                     run.step += 1
-                    if not all(math.isfinite(value) for value in losses.values()):
+                    elapsed = run.elapsed()
+                    # One decision for every process: any rank's divergence, clock or Ctrl-C stops them all.
+                    diverged, out_of_time, interrupted = world.any(
+                        not all(math.isfinite(value) for value in losses.values()),
+                        run.time_limit is not None and elapsed >= run.time_limit,
+                        stop.requested,
+                    )
+                    if diverged:
                         raise _Diverged(
                             f"training diverged at step {run.step} (losses {_format_losses(losses)}); lower "
                             f"the learning rate (lr {config.lr}) or resume {run.run_dir} from its last checkpoint"
                         )
-                    elapsed = run.elapsed()
-                    out_of_time = run.time_limit is not None and elapsed >= run.time_limit
                     finishing = run.step >= run.total_steps or out_of_time
                     run.val_loss = None
                     # Not at every epoch's end: on a small folder (18 steps per epoch) that doubled a step's cost.
                     if len(run.val_set) and (run.step % config.val_every_steps == 0 or finishing):
-                        run.val_loss = _validation_loss(detector, run.val_loader, run.device)
-                        detector.train()
-                        if run.best_val_loss is None or run.val_loss < run.best_val_loss:
-                            run.best_val_loss = run.val_loss
-                            run.save("best")
-                        if detector.should_stop:  # a detector's own criterion (ALOCC's rho)
+                        detector_stops = False
+                        if world.is_main:  # the weights are the same everywhere: rank 0 validates
+                            run.val_loss = _validation_loss(detector, run.val_loader, run.device)
+                            detector.train()
+                            if run.best_val_loss is None or run.val_loss < run.best_val_loss:
+                                run.best_val_loss = run.val_loss
+                                run.save("best")
+                            detector_stops = detector.should_stop  # a detector's own criterion (ALOCC's rho)
+                        (detector_stops,) = world.any(detector_stops)
+                        if detector_stops:
                             stopped_by, finishing = "detector", True
-                    history.write(
-                        run.step,
-                        run.step / run.steps_per_epoch,
-                        losses,
-                        run.val_loss,
-                        _learning_rate(detector),
-                        elapsed,
-                    )
+                    if history is not None:
+                        history.write(
+                            run.step,
+                            run.step / run.steps_per_epoch,
+                            losses,
+                            run.val_loss,
+                            _learning_rate(detector),
+                            elapsed,
+                        )
                     bar.update(
                         run.step,
                         losses,
@@ -313,7 +365,7 @@ def _train_loop(run: _Run, progress: bool) -> str:
                         session_steps=run.step - session_start_step,
                         session_seconds=time.monotonic() - session_start,
                     )
-                    if stop.requested:
+                    if interrupted:
                         raise KeyboardInterrupt
                     if out_of_time:
                         stopped_by = "time limit"
@@ -324,6 +376,9 @@ def _train_loop(run: _Run, progress: bool) -> str:
                         last_saved, last_saved_step = time.monotonic(), run.step
     except KeyboardInterrupt:
         run.save("last")
+        _wait_for_rank_zero(
+            world
+        )  # torchrun stops every process once one exits: not before last.pt is written
         raise TrainingInterrupted(run.run_dir, run.step, stop.signal_number) from None
     except InspectorError as error:
         if run.step > 0 and not isinstance(error, _Diverged):
@@ -333,12 +388,18 @@ def _train_loop(run: _Run, progress: bool) -> str:
                 f"{error} (training stopped at step {run.step}, saved in {run.run_dir}; after fixing it resume "
                 f"with `inspector train --resume {run.run_dir}`)"
             ) from None
-        if not run.resume and not any(checkpoint_path(run.run_dir, w).exists() for w in ("last", "best")):
+        if (
+            world.is_main
+            and not run.resume
+            and not any(checkpoint_path(run.run_dir, w).exists() for w in ("last", "best"))
+        ):
             _discard_unstarted_run(run.run_dir)
         raise
     finally:
+        sync.close()
         bar.close()
-        history.close()
+        if history is not None:
+            history.close()
     return stopped_by
 
 
@@ -389,6 +450,34 @@ def _resume_checkpoint(run_dir: Path, log) -> dict:
         log(f"{last} is missing (the run was killed before writing it): resuming from {best.name}")
         return load_checkpoint(best)
     return load_checkpoint(last)
+
+
+def _wait_for_rank_zero(world: World) -> None:
+    """A barrier that gives up quietly: on an interrupt another process may already be gone."""
+    try:
+        world.barrier()
+    except Exception:  # noqa: BLE001 - a process group torn down by the interrupt itself
+        pass
+
+
+def _batch_size(wanted: int, images: int, processes: int) -> int:
+    """The total batch of a step: ``wanted``, fewer on a small training set, split evenly over the processes.
+
+    Raises:
+        InspectorError: a batch that the processes cannot share evenly, or fewer images than processes.
+    """
+    if wanted % processes:
+        raise InspectorError(
+            f"batch_size {wanted} does not split evenly over {processes} processes (it is the total over "
+            f"them): use a multiple of {processes}, such as {max(processes, wanted - wanted % processes)}"
+        )
+    batch_size = min(wanted, images)
+    batch_size -= batch_size % processes
+    if batch_size < 1:
+        raise InspectorError(
+            f"only {images} training images for {processes} processes: use fewer processes or more images"
+        )
+    return batch_size
 
 
 def _progress(step: int, total_steps: int, elapsed: float, time_limit: float | None) -> float:
@@ -442,20 +531,33 @@ class _EpochSampler:
 
     The order of epoch ``e`` depends only on ``(seed, e)``: a resumed run sees the batches the uninterrupted
     run would have seen, and ``skip`` drops the ones an interrupted epoch already used.
+
+    With ``world_size`` processes (``batch_size`` the total batch of a step) each rank yields its share:
+    step ``k``'s total batch is the one process's batch ``k``, cut in ``world_size`` equal slices, slice
+    ``rank`` for this rank. Every image of an epoch goes to one rank only, the incomplete last batch is left
+    out (as the loader's ``drop_last`` does for one process), and a run resumes exactly whatever the number
+    of processes before and after.
     """
 
-    def __init__(self, size: int, seed: int) -> None:
+    def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1, batch_size: int = 1) -> None:
         self.size, self.seed = size, seed
+        self.rank, self.world_size, self.batch_size = rank, world_size, batch_size
         self.epoch, self.skip = 0, 0
 
     def set_epoch(self, epoch: int, skip: int = 0) -> None:
         self.epoch, self.skip = epoch, skip
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)
-        return iter([(self.epoch, int(index)) for index in order[self.skip :]])
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.size)[self.skip :]
+        if self.world_size > 1:
+            steps, share = len(order) // self.batch_size, self.batch_size // self.world_size
+            order = order[: steps * self.batch_size].reshape(steps, self.world_size, share)[:, self.rank]
+            order = order.reshape(-1)
+        return iter([(self.epoch, int(index)) for index in order])
 
     def __len__(self) -> int:
+        if self.world_size > 1:
+            return (self.size - self.skip) // self.batch_size * (self.batch_size // self.world_size)
         return self.size - self.skip
 
 

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from inspector.commands.options import (
     data_format_option,
@@ -179,6 +181,22 @@ def _input_size(value: str | None) -> list[int] | None:
     "--resume runs/NAME, or --resume alone for OUT/NAME of the config. Only --epochs, --max-steps, "
     "--time-limit, --device, --data, --anomaly-source and --loader-workers may change.",
 )
+@click.option(
+    "--devices",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Train with N processes on this machine (DistributedDataParallel-style, launched through torchrun): "
+    "one per GPU with CUDA, else N CPU processes (gloo). --batch-size is the total over the processes. "
+    "For several machines run `torchrun ... -m inspector train` on each instead.",
+)
+@click.option(
+    "--backend",
+    type=click.Choice(("auto", "gloo", "nccl")),
+    default="auto",
+    show_default=True,
+    help="torch.distributed backend of a run on several processes (--devices or torchrun): auto = nccl "
+    "on CUDA GPUs, gloo on the CPU.",
+)
 @progress_option
 @click.option(
     "--no-eval",
@@ -208,6 +226,8 @@ def train_command(
     seed: int | None,
     loader_workers: int | None,
     resume: str | None,
+    devices: int | None,
+    backend: str,
     no_progress: bool,
     no_eval: bool,
 ) -> None:
@@ -223,6 +243,8 @@ def train_command(
           --category bottle --anomaly-source dtd/images
       inspector train --normal-dir good/ --abnormal-dir defects/ --mask-dir masks/
       inspector train --resume runs/rdna_cpu
+      inspector train --config rdna_cpu --devices 2
+      torchrun --nproc-per-node 4 -m inspector train --config rdna_paper
     """
     overrides = {
         "detector": detector,
@@ -285,15 +307,68 @@ def train_command(
         config.out, config.name = str(run_dir.parent), run_dir.name
 
     check_writable_folder(config.run_dir if resume is not None else config.out, "run folder")
+    if devices is not None and devices > 1:
+        _launch(devices, config.device, backend)
+        return
     from inspector.training.trainer import TrainingInterrupted, train
 
     try:
         run_dir = train(
-            config, resume=resume is not None, progress=not no_progress, evaluate=not no_eval, log=_log
+            config,
+            resume=resume is not None,
+            progress=not no_progress,
+            evaluate=not no_eval,
+            log=_log,
+            backend=backend,
         )
     except TrainingInterrupted as interrupted:
         click.echo(f"\n{interrupted}", err=True)
         raise SystemExit(exit_code_for_signal(interrupted.signal_number)) from None
+    if os.environ.get("RANK", "0").strip() not in ("", "0"):
+        return  # under torchrun, rank 0 reports the run
     # The metrics summary was printed by the evaluation at the end of training.
     click.echo(f"run: {run_dir}")
     click.echo(f"next: inspector eval {run_dir}" if no_eval else f"next: inspector export {run_dir}")
+
+
+def _launch(devices: int, device: str, backend: str) -> None:
+    """``--devices N``: this command again as N processes under torchrun, without ``--devices``."""
+    if os.environ.get("WORLD_SIZE", "").strip():
+        raise InspectorError(
+            "--devices starts its own processes; under torchrun (WORLD_SIZE is set) drop --devices"
+        )
+    import torch
+
+    from inspector.training.device import resolve_device
+    from inspector.training.distributed import choose_backend, launch_on_this_machine
+
+    target = resolve_device(device)
+    choose_backend(backend, target)  # an unavailable backend fails here, not in N processes
+    if target.type == "cuda" and devices > torch.cuda.device_count():
+        raise InspectorError(
+            f"--devices {devices} but this machine has {torch.cuda.device_count()} CUDA GPU(s); use at most that "
+            "many (or --device cpu for CPU processes)"
+        )
+    context = click.get_current_context()
+    code = launch_on_this_machine(devices, _given_arguments(context, leave_out=("devices",)))
+    if code:
+        raise SystemExit(code)
+
+
+def _given_arguments(context: click.Context, leave_out: tuple[str, ...]) -> list[str]:
+    """The options given on this command line, as arguments again (for the processes torchrun starts)."""
+    arguments: list[str] = []
+    last: list[str] = []
+    for param in context.command.params:
+        if param.name in leave_out or context.get_parameter_source(param.name) != ParameterSource.COMMANDLINE:
+            continue
+        value = context.params[param.name]
+        option = param.opts[0]
+        if isinstance(param, click.Option) and param.is_flag:
+            if value:
+                arguments.append(option)
+        elif value == RESUME_FROM_CONFIG:
+            last.append(option)  # ``--resume`` alone: last, where nothing can be read as its value
+        else:
+            arguments += [option, str(value)]
+    return arguments + last
