@@ -25,8 +25,8 @@ DISTRIBUTION = "inspector-vision"
 class InspectorGroup(click.Group):
     """Turns :class:`InspectorError`, a file-system error (a full disk, a read-only folder, a file where a
     folder should be) and a missing training extra into one line on stderr and exit code 2, with no
-    traceback. Commands are listed in the order of the pipeline (demo, train, eval, export, info, inspect,
-    watch, bench), not alphabetically."""
+    traceback. Commands are listed in the order of the pipeline (demo, train, eval, export, calibrate, info,
+    inspect, watch, bench), not alphabetically."""
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return list(self.commands)

@@ -16,7 +16,8 @@ import numpy as np
 
 from inspector.evaluation import ScoredSplit, image_counts, measure_at_calibration
 from inspector.labelled_data import LabelledImage, dataset_images, load_mask
-from inspector.preprocess import prepare_batch, read_image
+from inspector.preprocess import read_image
+from inspector.runtime.scoring import Scorer
 from inspector.runtime.session import ModelSession
 
 DEFAULT_BATCH_SIZE = 8
@@ -28,23 +29,27 @@ def score_labelled(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_batch: Callable[[int], None] | None = None,
 ) -> ScoredSplit:
-    """Raw scores and maps of labelled images, with their labels and masks at the model's input size.
+    """Raw scores and maps of labelled images, with their labels and masks at the maps' size.
+
+    Images go from file to raw outputs as in ``inspector inspect``: :func:`inspector.preprocess.read_image`,
+    then :meth:`Scorer.prepare` and :meth:`Scorer.infer`.
 
     ``on_batch`` gets the number of images of each finished batch (for a progress bar).
 
     Raises:
         InspectorError: an image or mask that cannot be read (the message names the file).
     """
-    size = session.input_size
     if not images:
-        return ScoredSplit.empty(size)
+        return ScoredSplit.empty(session.input_size)
+    scorer = Scorer(session)  # the runtime's own path from images to raw scores and maps
     scores, maps, masks = [], [], []
     for start in range(0, len(images), max(1, int(batch_size))):
         chunk = images[start : start + max(1, int(batch_size))]
         decoded = [read_image(item.path) for item in chunk]
-        batch_scores, batch_maps = session.run(prepare_batch(decoded, size, session.channels))
-        scores.append(batch_scores)
-        maps.append(batch_maps)
+        batch_scores, batch_maps = scorer.infer(scorer.prepare(decoded))
+        scores.append(np.asarray(batch_scores, np.float32).reshape(len(chunk)))
+        maps.append(np.asarray(batch_maps, np.float32))
+        size = batch_maps.shape[-2:]  # masks at the maps' size, where the pixel metrics compare them
         for item, image in zip(chunk, decoded):
             masks.append(
                 np.zeros(size, bool) if item.mask is None else load_mask(item.mask, image.shape[:2], size)

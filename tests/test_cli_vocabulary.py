@@ -24,7 +24,7 @@ from inspector.runtime import session as session_module
 from inspector.runtime.session import physical_cores
 
 REPO = Path(__file__).resolve().parents[1]
-PIPELINE = ["demo", "train", "eval", "export", "info", "inspect", "watch", "bench"]
+PIPELINE = ["demo", "train", "eval", "export", "calibrate", "info", "inspect", "watch", "bench"]
 
 
 @pytest.fixture(scope="module")

@@ -105,10 +105,13 @@ def calibrate_command(
       inspector calibrate model.onnx --good station2/good --false-reject-rate 0.01
     """
     from inspector.commands.inspect import ProgressBar
+    from inspector.io import check_writable_folder
     from inspector.runtime.calibrate import recalibrate, write_recalibrated
     from inspector.runtime.session import load_model
 
     session = load_model(model_path, device, strict_device, threads, warn=echo_warning)
+    if not dry_run:  # the new file is written next to the model, then renamed over it
+        check_writable_folder(model_path.parent, "model's folder")
     bar = ProgressBar(no_progress, label="scoring")
     try:
         result = recalibrate(
