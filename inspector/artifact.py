@@ -33,6 +33,8 @@ PREPROCESSING = {
     "layout": "NCHW",
     "anomaly_map": "at input_size; resized to the original image bilinearly",
 }
+#: The arithmetic an exported graph may use inside (metadata ``precision``).
+PRECISIONS = ("fp32", "fp16", "int8")
 #: What a user who has no model file yet should do.
 MODEL_HINT = "export one with `inspector export RUN_DIR --onnx`"
 
@@ -80,6 +82,12 @@ class ModelMetadata:
     #: Tiled scoring (``inspector.tiling.Tiling.to_dict``; ``export --tile``); None: the whole image at
     #: ``input_size``. Models written before the field existed load as None.
     tiling: dict[str, Any] | None = None
+    #: The graph's arithmetic inside (its input and outputs are float32 at every precision): fp32, fp16
+    #: or int8 (``export --precision fp16`` / ``--quantize int8``). Older models load as fp32.
+    precision: str = "fp32"
+    #: Parameters and multiply-accumulates per image of the float32 graph, counted by a tool at export
+    #: (``{"parameters", "macs", "gflops", "input_shape", "counted_by"}``); None when not counted.
+    cost: dict[str, Any] | None = None
 
     @classmethod
     def from_calibration(
@@ -145,6 +153,8 @@ class ModelMetadata:
             del values["parity"]
         if values["tiling"] is None:
             del values["tiling"]
+        if values["cost"] is None:
+            del values["cost"]
         return json.dumps(values, sort_keys=True)
 
     @classmethod
@@ -255,6 +265,13 @@ def _check_fields(values: dict[str, Any], source: str) -> None:
         fail("extra", "an object")
     if "preprocessing" in values and not isinstance(values["preprocessing"], dict):
         fail("preprocessing", "an object")
+    if values.get("precision", "fp32") not in PRECISIONS:
+        fail("precision", f"one of {', '.join(PRECISIONS)}")
+    cost = values.get("cost")
+    if cost is not None and not (
+        isinstance(cost, dict) and all(number(cost.get(key)) for key in ("parameters", "macs"))
+    ):
+        fail("cost", 'an object with "parameters" and "macs" numbers, or null')
     if values.get("tiling") is not None:
         from inspector.tiling import Tiling
 
