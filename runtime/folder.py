@@ -22,6 +22,7 @@ import numpy as np
 from inspector.errors import ImageReadError, InspectorError
 from inspector.io import FolderLock, atomic_write_text, display_path, is_inside, list_images, os_error_text
 from inspector.preprocess import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, read_image
+from inspector.runtime.html_report import write_html_report
 from inspector.runtime.overlay import (
     MASK_SUFFIX,
     OVERLAY_SUFFIX,
@@ -69,8 +70,9 @@ def inspect_folder(
     on_total: Callable[[int], None] | None = None,
     on_record: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
-    """Score every image under ``folder`` and write ``report.csv``, ``report.jsonl``, overlays and
-    ``summary.json`` into ``out_dir``. Returns the summary.
+    """Score every image under ``folder`` and write ``report.csv``, ``report.jsonl``, overlays,
+    ``summary.json`` and ``report.html`` (:mod:`inspector.runtime.html_report`) into ``out_dir``. Returns
+    the summary.
 
     ``save`` chooses which overlays are written (all, anomalous, none); ``save_masks`` also writes the
     plain defect masks. ``resume`` skips images already in the report. Unreadable files (not decodable,
@@ -177,6 +179,7 @@ def _inspect(
     )
     try:
         atomic_write_text(out_dir / SUMMARY_NAME, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+        write_html_report(out_dir, summary, records)
     except OSError as error:
         if failure is None:
             failure = InspectorError(

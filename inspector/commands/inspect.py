@@ -33,7 +33,7 @@ from inspector.exit_codes import EXIT_ANOMALY, EXIT_INTERRUPTED
     "out_dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
-    help="Folder for report.csv, report.jsonl, summary.json and overlays "
+    help="Folder for report.csv, report.jsonl, summary.json, report.html and overlays "
     "[default: runs/inspect/<FOLDER name>].",
 )
 @click.option("--recursive", "-r", is_flag=True, help="Also inspect images in sub-folders.")
@@ -79,7 +79,9 @@ def inspect_command(
 ) -> None:
     """Score every image in FOLDER (or one image file): report.csv and report.jsonl with normalised and raw
     scores, labels and defect regions, a heatmap overlay per image in OUT/overlays/ (named after the image:
-    photos/part_01.png -> overlays/part_01.jpg), and summary.json.
+    photos/part_01.png -> overlays/part_01.jpg), summary.json, and report.html: the results at a glance
+    (counts per folder, score histogram, every flagged image with its overlay, the slowest images), one
+    file readable offline.
 
     Unreadable files (corrupt, not regular files, too many pixels) are listed in the report with the
     reason and the run goes on; the run's own output is never read as input, and one run at a time writes
@@ -132,7 +134,7 @@ def inspect_command(
         + (f" ({summary['resumed']} from the earlier run)" if summary["resumed"] else "")
         + f"; this run: {run['images']} images in {run['seconds']:.1f} s{rate}"
     )
-    click.echo(f"report: {out_dir / 'report.csv'} (and report.jsonl, summary.json)")
+    click.echo(f"report: {out_dir / 'report.html'} (and report.csv, report.jsonl, summary.json)")
     if save != "none":
         click.echo(f"overlays: {out_dir / 'overlays'}")
     if fail_on_anomaly and summary["anomalous"]:
