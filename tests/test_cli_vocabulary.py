@@ -64,14 +64,16 @@ def test_every_visible_option_of_every_command_has_help_text():
 
 def test_a_shared_option_means_the_same_in_every_command_that_has_it():
     shared = {
-        "--threads": ["inspect", "watch", "bench"],
+        "--threads": ["inspect", "watch", "bench", "calibrate", "eval"],
         "--workers": ["inspect", "bench"],
         "--save": ["inspect", "watch", "bench"],
         "--time-limit": ["train", "demo"],
         "--max-steps": ["train", "demo"],
-        "--no-progress": ["train", "inspect"],
+        "--no-progress": ["train", "inspect", "calibrate", "eval"],
         "--threshold": ["inspect", "watch"],
-        "--json": ["info", "bench"],
+        "--json": ["info", "bench", "eval"],
+        "--strict-device": ["inspect", "watch", "bench", "calibrate", "eval"],
+        "--batch-size": ["inspect", "bench", "calibrate"],
     }
     for option, commands in shared.items():
         found = [options_of(name).get(option) for name in commands]
