@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 
 #: How tile maps are combined where tiles overlap (the only method; see :func:`stitch`).
@@ -221,25 +222,21 @@ def mean_filtered_max(anomaly_map: np.ndarray, window: int) -> float:
 
     The numpy twin of DRAEM's score (``training/detectors/draem.py``: ``avg_pool2d(map, window, stride=1,
     padding=window // 2, count_include_pad=False)`` then the maximum): squares cut by the image's edge
-    average the pixels they hold. Exact sums from an integral image (float64).
+    average only the pixels they hold.
     """
-    values = np.asarray(anomaly_map, dtype=np.float64)
+    values = np.asarray(anomaly_map, dtype=np.float32)
     height, width = values.shape
-    integral = np.zeros((height + 1, width + 1), np.float64)
-    integral[1:, 1:] = values.cumsum(axis=0).cumsum(axis=1)
     pad = window // 2
-
-    def bounds(length: int) -> tuple[np.ndarray, np.ndarray]:
-        start = np.arange(length + 2 * pad - window + 1) - pad
-        return np.clip(start, 0, length), np.clip(start + window, 0, length)
-
-    top, bottom = bounds(height)
-    left, right = bounds(width)
-    sums = (
-        integral[bottom][:, right]
-        - integral[top][:, right]
-        - integral[bottom][:, left]
-        + integral[top][:, left]
+    extra = 2 * pad - window + 1  # avg_pool2d gives one more output than input for an even window
+    if extra:
+        values = cv2.copyMakeBorder(values, 0, extra, 0, extra, cv2.BORDER_CONSTANT, value=0.0)
+    # Zero outside the map adds nothing to a sum; the counts leave it out of the mean.
+    sums = cv2.boxFilter(
+        values, -1, (window, window), anchor=(pad, pad), normalize=False, borderType=cv2.BORDER_CONSTANT
     )
-    counts = np.outer(bottom - top, right - left)
-    return float((sums / counts).max())
+
+    def counts(length: int) -> np.ndarray:
+        start = np.arange(length + extra) - pad
+        return (np.minimum(start + window, length) - np.maximum(start, 0)).astype(np.float32)
+
+    return float((sums / np.outer(counts(height), counts(width))).max())
