@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import re
+import shutil
+import subprocess
 from html.parser import HTMLParser
 from urllib.parse import unquote, urlparse
 
@@ -170,3 +172,37 @@ def test_a_folder_without_flagged_images_or_overlays_still_gets_a_report(tmp_pat
     assert result.exit_code == 0, result.output
     page = Page.of((out / "report.html").read_text(encoding="utf-8"))
     assert not page.errors and "No image was flagged." in " ".join(page.text) and not page.images
+
+
+def test_a_headless_browser_opens_the_report_offline_and_shows_every_flagged_image(inspected, tmp_path):
+    """A bonus check where Debian's Chromium is installed: the page as the browser built it, with the
+    network made unreachable, lists the flagged images and renders to a screenshot."""
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no chromium installed (apt install chromium)")
+    out, records, _ = inspected
+    offline = [
+        browser,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--host-resolver-rules=MAP * ~NOTFOUND",
+    ]
+    page_url = (out / "report.html").resolve().as_uri()
+    dom = subprocess.run(
+        [*offline, "--dump-dom", page_url], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    built = Page.of(dom.stdout)
+    flagged = sorted(r["path"] for r in records if r["label"] == "anomalous")
+    assert sorted(built.flagged_cells) == flagged and len(built.images) == len(flagged)
+    shot = tmp_path / "report.png"
+    subprocess.run(
+        [*offline, f"--screenshot={shot}", "--window-size=1100,1400", page_url],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    image = cv2.imread(str(shot))
+    assert image is not None and image.shape[:2] == (1400, 1100)
+    assert (image < 200).any(axis=2).mean() > 0.01  # something was drawn, not a blank page
