@@ -52,8 +52,8 @@ def _log(line: str) -> None:
     "--device",
     type=click.Choice(sorted(set(DEVICES_TORCH) | set(DEVICES_RUNTIME))),
     default=None,
-    help="Where to compute: for a RUN_DIR a torch device (auto|cpu|cuda|mps, default the config's); for "
-    "a MODEL an onnxruntime one (auto|cpu|cuda|tensorrt|coreml|directml|openvino, default auto).",
+    help="Where to compute: for a RUN_DIR a torch device (auto, cpu, cuda, mps; default the config's), for "
+    "a MODEL an onnxruntime one (auto, cpu, cuda, tensorrt, coreml, directml, openvino; default auto).",
 )
 @strict_device_option
 @threads_option
@@ -61,7 +61,7 @@ def _log(line: str) -> None:
     "--batch-size",
     type=click.IntRange(min=1),
     default=None,
-    help="Images per model call [default: the run's batch size; 8 for a MODEL].",
+    help="Images per model call (MODEL only; a run uses its config's) [default: 8].",
 )
 @click.option("--no-plots", is_flag=True, help="Skip plots/ (metrics and calibration only; RUN_DIR only).")
 @click.option(
