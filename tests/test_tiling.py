@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -207,52 +208,106 @@ def striped_surface(amplitude: float, phase: float) -> np.ndarray:
     return np.ascontiguousarray(np.broadcast_to(row[None, :, None], (CAMERA, CAMERA, 3)))
 
 
-def calibrated_model(path: Path, tiling: Tiling | None, normals: list[np.ndarray]) -> Scorer:
+def calibrated_model(path: Path, tiling: Tiling | None, normals: list[np.ndarray]) -> Path:
     """Calibrate the model on normal images scored through its own path (whole or tiled), as export does."""
-    raw_scores, raw_maps = Scorer(load_model(write_model(path, tiling, None), "cpu")).infer(
-        Scorer(load_model(path, "cpu")).prepare(normals)
-    )
+    scorer = Scorer(load_model(write_model(path, tiling, None), "cpu"))
+    raw_scores, raw_maps = scorer.infer(scorer.prepare(normals))
     calibration = calibrate(raw_scores, np.zeros(len(normals)), raw_maps, method="quantile")
-    return Scorer(load_model(write_model(path, tiling, calibration), "cpu"))
+    return write_model(path, tiling, calibration)
 
 
-def test_a_defect_3_pixels_wide_in_a_2048_image_is_found_tiled_and_lost_when_the_image_is_resized(tmp_path):
-    """The model is a hand-built ONNX graph (local contrast), not a trained one: a few training steps do not
+@dataclass
+class CameraCase:
+    whole: Path
+    tiled: Path
+    defective: np.ndarray
+    clean: np.ndarray
+    spot: tuple[int, int]  # x, y of the 3x3 spot's top-left pixel
+
+
+@pytest.fixture(scope="module")
+def camera_case(tmp_path_factory) -> CameraCase:
+    """Two models of one local-contrast graph, calibrated on the same normal surfaces scored their own way,
+    and a 2048x2048 frame with a black 3x3 spot (and its twin without it).
+
+    The model is a hand-built ONNX graph (local contrast), not a trained one: a few training steps do not
     reliably learn a detector, and the claim is about scale, which the scoring path decides, not the
-    weights. Both models run the same graph on 256x256 inputs with the real metadata, each calibrated on
-    the same normal surfaces scored its own way: "whole" resizes the 2048x2048 frame to 256x256; "tiled"
-    scores it at full resolution in 121 overlapping 256x256 tiles.
+    weights. Both models run the same graph on 256x256 inputs and carry real metadata, written by the
+    export's metadata writer: "whole" resizes the 2048x2048 frame to 256x256; "tiled" scores it at full
+    resolution in 121 overlapping 256x256 tiles.
 
     Normal surfaces are stripes 64 pixels apart: gentle at camera resolution, but 8 pixels apart after the
     8x resize, where they are the strongest local contrast. The defect is a black 3x3 spot: strong at
     camera resolution, averaged into a faint 8x8 cell (9/64 of its contrast) by the resize.
     """
+    folder = tmp_path_factory.mktemp("camera")
     rng = np.random.default_rng(0)
     normals = [striped_surface(rng.uniform(50, 70), rng.uniform(0, 2 * np.pi)) for _ in range(3)]
-    spot_x, spot_y = 1003, 1501  # inside one 8x8 cell of the resize; near the seam of two tiles
+    spot_x, spot_y = 1003, 1501  # inside one 8x8 cell of the resize; in the overlap of two tiles
     defective = striped_surface(60, -2 * np.pi * (spot_x + 1) / STRIPE_PERIOD)  # spot on a mid-gray column
     clean = defective.copy()
     defective[spot_y : spot_y + 3, spot_x : spot_x + 3] = 0
+    tiling = Tiling.with_overlap(TILE, (CAMERA, CAMERA), SCORE_WINDOW)
+    assert len(tiling.origins()) == 121
+    return CameraCase(
+        calibrated_model(folder / "whole.onnx", None, normals),
+        calibrated_model(folder / "tiled.onnx", tiling, normals),
+        defective,
+        clean,
+        (spot_x, spot_y),
+    )
 
-    whole = calibrated_model(tmp_path / "whole.onnx", None, normals)
-    tiled_spec = Tiling.with_overlap(TILE, (CAMERA, CAMERA), SCORE_WINDOW)
-    tiled = calibrated_model(tmp_path / "tiled.onnx", tiled_spec, normals)
-    assert len(tiled_spec.origins()) == 121
 
-    lost, lost_clean = whole.score([defective, clean])
-    assert not lost.anomalous and lost.defect_regions == []
+def test_a_defect_3_pixels_wide_in_a_2048_image_is_found_tiled_and_lost_when_the_image_is_resized(
+    camera_case,
+):
+    spot_x, spot_y = camera_case.spot
+    whole = inspector.load_model(camera_case.whole, device="cpu")
+    lost, lost_clean = whole.score([camera_case.defective, camera_case.clean])
+    assert not lost.anomalous and lost.regions == []
     assert lost.raw_score == lost_clean.raw_score  # the resized frame's score does not move at all
-    assert not lost.full_anomaly_map()[spot_y : spot_y + 3, spot_x : spot_x + 3].max() > lost.pixel_threshold
+    assert not lost.inspection.full_anomaly_map()[spot_y : spot_y + 3, spot_x : spot_x + 3].max() > 0.5
 
-    found, found_clean = tiled.score([defective, clean])
+    tiled = inspector.load_model(camera_case.tiled, device="cpu")
+    found, found_clean = tiled.score([camera_case.defective, camera_case.clean])
     assert found.anomalous and not found_clean.anomalous
-    assert found.raw_score > 5 * tiled.calibration.image_threshold
-    assert found.anomaly_map.shape == (CAMERA, CAMERA)  # the stitched map, at camera resolution
-    assert len(found.defect_regions) == 1
-    region = found.defect_regions[0]
+    assert found.raw_score > 5 * tiled.session.calibration.image_threshold
+    assert found.inspection.anomaly_map.shape == (CAMERA, CAMERA)  # the stitched map, at camera resolution
+    assert len(found.regions) == 1
+    region = found.regions[0]
     assert region.x <= spot_x and region.y <= spot_y
     assert region.x + region.width >= spot_x + 3 and region.y + region.height >= spot_y + 3
     assert region.width <= 12 and region.height <= 12  # a few pixels, where the spot is
+
+
+def test_inspect_and_the_stream_watch_uses_score_a_tiled_model_without_options(camera_case, tmp_path):
+    from click.testing import CliRunner
+    from runtime_images import write_png
+
+    from inspector.cli import cli
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    write_png(photos / "defective.png", camera_case.defective)
+    write_png(photos / "clean.png", camera_case.clean)
+    out = tmp_path / "out"
+    result = CliRunner().invoke(
+        cli, ["inspect", str(photos), "--model", str(camera_case.tiled), "--out", str(out), "--save", "none"]
+    )
+    assert result.exit_code == 0, result.output
+    records = {
+        record["path"]: record
+        for record in map(json.loads, (out / "report.jsonl").read_text(encoding="utf-8").splitlines())
+    }
+    assert records["defective.png"]["label"] == "anomalous" and records["clean.png"]["label"] == "normal"
+    region = records["defective.png"]["regions"][0]
+    spot_x, spot_y = camera_case.spot
+    assert region["x"] <= spot_x < spot_x + 3 <= region["x"] + region["width"]
+    assert region["y"] <= spot_y < spot_y + 3 <= region["y"] + region["height"]
+
+    model = inspector.load_model(camera_case.tiled, device="cpu")
+    streamed = {result.path: result.anomalous for result in model.stream(photos)}
+    assert streamed == {"clean.png": False, "defective.png": True}
 
 
 def test_the_python_api_scores_a_tiled_model_in_tiles(tmp_path):
