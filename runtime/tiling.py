@@ -24,43 +24,46 @@ TILE_PIXELS_PER_CALL = 8 * 256 * 256
 
 @dataclass
 class TileBatch:
-    """The model input of ``images`` images: their tiles ``[images * T, C, th, tw]``, image by image."""
+    """The model input of a tiled model: each image preprocessed whole at the tiling's ``image_size``
+    (``[C, H, W]``); the tiles are cut from them per model call, as views, so a frame is never held twice."""
 
-    tiles: np.ndarray
-    images: int
+    images: list[np.ndarray]
 
     def __len__(self) -> int:
-        return self.images
+        return len(self.images)
 
 
 def prepare_tiles(images: Sequence[np.ndarray], tiling: Tiling, channels: int) -> TileBatch:
-    """Resize each RGB ``uint8`` image whole to ``tiling.image_size`` (the shared preprocessing) and cut it."""
-    height, width = tiling.tile
-    if len(images) == 0:
-        return TileBatch(np.zeros((0, channels, height, width), np.float32), 0)
-    tiles = [tiling.cut(to_model_input(image, tiling.image_size, channels)) for image in images]
-    return TileBatch(np.concatenate(tiles), len(images))
+    """Resize each RGB ``uint8`` image whole to ``tiling.image_size`` (the shared preprocessing)."""
+    return TileBatch([to_model_input(image, tiling.image_size, channels) for image in images])
 
 
 def infer_tiles(session: ModelSession, batch: TileBatch, tiling: Tiling) -> tuple[np.ndarray, np.ndarray]:
     """Raw image scores ``[N]`` and stitched raw maps ``[N, H, W]`` (at ``tiling.image_size``).
 
-    The tiles run ``TILE_PIXELS_PER_CALL`` pixels per model call; the graph's own score output is per tile
-    and unused: the image score is recomputed from the stitched map (:meth:`Tiling.score`).
+    The tiles of all images run ``TILE_PIXELS_PER_CALL`` pixels per model call; the graph's own score
+    output is per tile and unused: the image score is recomputed from the stitched map
+    (:meth:`Tiling.score`).
     """
-    per_image = len(tiling.origins())
-    if len(batch.tiles) != per_image * batch.images:
-        raise ValueError(f"{len(batch.tiles)} tiles for {batch.images} images of {per_image} tiles")
-    chunk = max(1, TILE_PIXELS_PER_CALL // (tiling.tile[0] * tiling.tile[1]))
-    tile_maps = [
-        session.run(batch.tiles[start : start + chunk])[1] for start in range(0, len(batch.tiles), chunk)
-    ]
-    height, width = tiling.image_size
+    height, width = tiling.tile
+    origins = tiling.origins()
+    tiles = [(image, top, left) for image in batch.images for top, left in origins]
+    chunk = max(1, TILE_PIXELS_PER_CALL // (height * width))
+    tile_maps = []
+    for start in range(0, len(tiles), chunk):
+        model_input = np.stack(
+            [
+                image[:, top : top + height, left : left + width]
+                for image, top, left in tiles[start : start + chunk]
+            ]
+        )
+        tile_maps.append(session.run(model_input)[1])
     if not tile_maps:
-        return np.zeros(0, np.float32), np.zeros((0, height, width), np.float32)
+        return np.zeros(0, np.float32), np.zeros((0, *tiling.image_size), np.float32)
     maps = np.concatenate(tile_maps)
+    count = len(origins)
     stitched = np.stack(
-        [tiling.stitch(maps[index * per_image : (index + 1) * per_image]) for index in range(batch.images)]
+        [tiling.stitch(maps[index * count : (index + 1) * count]) for index in range(len(batch))]
     )
     scores = np.array([tiling.score(anomaly_map) for anomaly_map in stitched], np.float32)
     return scores, stitched
