@@ -176,11 +176,11 @@ def watch_command(
     sinks = build_sinks(publish, webhooks, commands, cwd=out_dir)
     live_view = None
     if serve is not None:
-        from inspector.runtime.live_view import LiveView, parse_bind
+        from inspector.runtime.live_view import LiveView, describe, parse_bind
 
         host, port = parse_bind(serve)
         live_view = LiveView(out_dir, host, port, token=token, source_name=frame_source.name)
-        click.echo(f"live view: {live_view.url(with_token=True)}", err=True)
+        click.echo(describe(live_view), err=True)
     progress = None if no_progress or not headless else _ProgressLine()
     try:
         summary = watch(
