@@ -72,7 +72,7 @@ def watch(
     sinks: list[Sink] | None = None,
     live_view: LiveView | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
-    progress_seconds: float = PROGRESS_SECONDS,
+    progress_seconds: float | None = None,
     drain_seconds: float = DRAIN_SECONDS,
 ) -> dict[str, Any]:
     """Inspect frames from ``source`` until it ends or the user stops; returns the run summary.
@@ -86,7 +86,7 @@ def watch(
     queue ``OUT/event_queue.sqlite``, on their own threads; at the end they get up to ``drain_seconds`` to
     take what is queued. ``live_view`` (:class:`inspector.runtime.live_view.LiveView`) is served the
     frames and counts and may change the threshold or pause the run. ``progress`` is called about every
-    ``progress_seconds`` with the counts so far (:meth:`_Stats.snapshot`).
+    ``progress_seconds`` (default :data:`PROGRESS_SECONDS`) with the counts so far (:meth:`_Stats.snapshot`).
     """
     if events not in EVENT_CHOICES:
         raise InspectorError(f"--events {events!r}: choose one of {', '.join(EVENT_CHOICES)}")
@@ -97,7 +97,7 @@ def watch(
         _check_recording_path(Path(record))
     options = _Options(
         headless, record, realtime, events, save, max_frames, sinks or [], live_view, progress,
-        progress_seconds, drain_seconds,
+        PROGRESS_SECONDS if progress_seconds is None else progress_seconds, drain_seconds,
     )  # fmt: skip
     with FolderLock(out_dir):
         return _watch(source, scorer, out_dir, options, notify, stop)

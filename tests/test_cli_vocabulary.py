@@ -69,7 +69,7 @@ def test_a_shared_option_means_the_same_in_every_command_that_has_it():
         "--save": ["inspect", "watch", "bench"],
         "--time-limit": ["train", "demo"],
         "--max-steps": ["train", "demo"],
-        "--no-progress": ["train", "inspect", "calibrate", "eval"],
+        "--no-progress": ["train", "inspect", "calibrate", "eval", "watch"],
         "--threshold": ["inspect", "watch"],
         "--json": ["info", "bench", "eval"],
         "--strict-device": ["inspect", "watch", "bench", "calibrate", "eval"],

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -274,3 +275,32 @@ def test_sigterm_stops_watch_cleanly_with_everything_flushed(tmp_path, model):
     events = events_of(out)  # every line is whole JSON
     assert len(events) == summary["frames_scored"]
     assert "stopped" in stdout
+
+
+def test_headless_watch_prints_a_progress_line_with_fps_latency_and_counts(tmp_path, model, monkeypatch):
+    from inspector.runtime import watch as watch_module
+
+    monkeypatch.setattr(watch_module, "PROGRESS_SECONDS", 0.0)  # a line per frame
+    video = write_video(tmp_path / "line.avi", frames=12, defect_frames=range(0, 12, 4))
+    base = [
+        "watch",
+        "--model",
+        str(model),
+        "--source",
+        str(video),
+        "--headless",
+        "--out",
+        str(tmp_path / "o"),
+    ]
+
+    result = CliRunner().invoke(cli, base)
+    quiet = CliRunner().invoke(cli, [*base, "--quiet"])
+
+    assert result.exit_code == quiet.exit_code == 0, result.output
+    lines = [line for line in result.stderr.splitlines() if line.startswith("watch: ")]
+    assert len(lines) == 12  # not a terminal: one line per update, nothing rewritten in place
+    assert lines[0].startswith("watch: 1 frames (0 good, 1 anomalous, 0 dropped), ")
+    assert lines[-1].startswith("watch: 12 frames (9 good, 3 anomalous, 0 dropped), ")
+    fps, latency = re.search(r", ([\d.]+) FPS, latency (\d+) ms$", lines[-1]).groups()
+    assert float(fps) > 0 and int(latency) >= 0
+    assert "watch: " not in quiet.stderr
