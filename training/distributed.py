@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,6 +33,7 @@ import torch.distributed as dist
 from torch import nn
 
 from inspector.errors import InspectorError
+from inspector.exit_codes import exit_code_for_signal
 
 BACKENDS = ("auto", "gloo", "nccl")
 #: The variables torchrun sets for every process it starts.
@@ -330,5 +332,7 @@ def launch_on_this_machine(processes: int, arguments: Sequence[str]) -> int:
     try:
         return child.wait()
     except KeyboardInterrupt:
-        # Ctrl-C reached torchrun and its workers too: they save last.pt and stop; wait for them.
-        return child.wait()
+        # Ctrl-C reached torchrun and its workers too: they save last.pt and stop; wait for them, then exit
+        # as an interrupted one-process run does (torchrun's own code says only that it was signalled).
+        child.wait()
+        return exit_code_for_signal(signal.SIGINT)

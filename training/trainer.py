@@ -303,7 +303,7 @@ def _train_loop(run: _Run, progress: bool) -> str:
     bar = _ProgressBar(run.total_steps, enabled=progress and world.is_main, time_limit=run.time_limit)
     sync = GradientSync(detector, world)
     sync.start()
-    stop = _StopOnInterrupt()
+    stop = _StopOnInterrupt(distributed=world.is_distributed, announce=world.is_main)
     session_start, session_start_step = time.monotonic(), run.step
     last_saved, last_saved_step = time.monotonic(), run.step
     out_of_time = run.time_limit is not None and run.elapsed_before >= run.time_limit
@@ -739,13 +739,22 @@ class _History:
 
 class _StopOnInterrupt:
     """First Ctrl-C or SIGTERM (``docker stop``, systemd, ``timeout``, preemption): finish the current
-    step, save ``last.pt`` and stop. A second one stops at once."""
+    step, save ``last.pt`` and stop. A second one stops at once.
+
+    On several processes the torchrun agent passes the terminal's Ctrl-C on to processes that got it
+    already: a repeat within ``REPEAT_GRACE_SECONDS`` is that same request, not a second one (stopping at
+    once would leave the processes in different collectives).
+    """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
+    REPEAT_GRACE_SECONDS = 3.0
 
-    def __init__(self) -> None:
+    def __init__(self, distributed: bool = False, announce: bool = True) -> None:
         self.requested = False
         self.signal_number = int(signal.SIGINT)
+        self.grace = self.REPEAT_GRACE_SECONDS if distributed else 0.0
+        self.announce = announce
+        self._first_at = 0.0
         self._previous: dict[int, Any] = {}
 
     def __enter__(self) -> None:
@@ -755,9 +764,14 @@ class _StopOnInterrupt:
 
     def _handle(self, signum, frame) -> None:
         if self.requested:
+            if time.monotonic() - self._first_at < self.grace:
+                return
             raise KeyboardInterrupt
         self.requested = True
+        self._first_at = time.monotonic()
         self.signal_number = int(signum)
+        if not self.announce:
+            return
         name = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
         print(
             f"\n{name}: stopping after this step and saving last.pt (again to stop at once)", file=sys.stderr

@@ -322,13 +322,19 @@ def train_command(
             backend=backend,
         )
     except TrainingInterrupted as interrupted:
-        click.echo(f"\n{interrupted}", err=True)
+        if _rank_zero():
+            click.echo(f"\n{interrupted}", err=True)
         raise SystemExit(exit_code_for_signal(interrupted.signal_number)) from None
-    if os.environ.get("RANK", "0").strip() not in ("", "0"):
+    if not _rank_zero():
         return  # under torchrun, rank 0 reports the run
     # The metrics summary was printed by the evaluation at the end of training.
     click.echo(f"run: {run_dir}")
     click.echo(f"next: inspector eval {run_dir}" if no_eval else f"next: inspector export {run_dir}")
+
+
+def _rank_zero() -> bool:
+    """Not a process of torchrun's above rank 0 (those leave the reporting to rank 0)."""
+    return os.environ.get("RANK", "0").strip() in ("", "0")
 
 
 def _launch(devices: int, device: str, backend: str) -> None:
