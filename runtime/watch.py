@@ -151,9 +151,14 @@ def _watch(
     next_progress = time.monotonic() + options.progress_seconds
 
     def log_event(event: dict[str, Any], publish: bool) -> None:
-        _append_line(event_log, events_path, json.dumps(event, ensure_ascii=False))
         if publish and publisher is not None:
-            publisher.publish(event)
+            publisher.publish(event)  # queued on disk first: a crash right after still delivers it
+        _append_line(event_log, events_path, json.dumps(event, ensure_ascii=False))
+
+    def report_progress() -> None:
+        snapshot = stats.snapshot(reader)
+        snapshot["events_waiting"] = publisher.waiting() if publisher is not None else None
+        options.progress(snapshot)
 
     with _stop_on_signals(stop), event_log:
         try:
@@ -166,6 +171,9 @@ def _watch(
                 if stop.is_set():
                     ended_by = "stopped"
                     break
+                if options.progress is not None and time.monotonic() >= next_progress:
+                    next_progress = time.monotonic() + options.progress_seconds
+                    report_progress()  # also while a camera is silent or the run paused: it is alive
                 if live_view is not None:
                     for change in live_view.take_changes(scorer):
                         log_event(change, publish=False)
@@ -191,11 +199,6 @@ def _watch(
                     log_event(frame_event(result, scorer.image_threshold), publish=True)
                 if live_view is not None:
                     live_view.show(overlay, result, stats.snapshot(reader))
-                if options.progress is not None and time.monotonic() >= next_progress:
-                    next_progress = time.monotonic() + options.progress_seconds
-                    snapshot = stats.snapshot(reader)
-                    snapshot["events_waiting"] = publisher.waiting() if publisher is not None else None
-                    options.progress(snapshot)
                 if not headless:
                     cv2.imshow(WINDOW_TITLE, overlay)
                     if cv2.waitKey(1) & 0xFF in (ord("q"), 27):

@@ -261,6 +261,55 @@ def test_webhook_events_wait_on_disk_while_the_endpoint_is_down_and_arrive_first
     assert [body["frame"] for body in endpoint.bodies] == [0, 1, 2, 3, 4, 5, 0, 1, 2]
 
 
+def test_events_queued_before_watch_was_killed_are_delivered_first_by_the_next_run(tmp_path, model):
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/events"
+    video = write_video(tmp_path / "long.avi", frames=400, fps=40.0)
+    out = tmp_path / "out"
+    watch_cli = [
+        sys.executable,
+        "-c",
+        "from inspector.cli import main; main()",
+        "watch",
+        "--model",
+        str(model),
+    ]
+    common = ["--headless", "--events", "all", "--out", str(out), "--webhook", url]
+    process = subprocess.Popen(
+        [*watch_cli, "--source", str(video), "--realtime", *common],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    events_file = out / "events.jsonl"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (
+        not events_file.exists() or len(events_file.read_text().splitlines()) < 8
+    ):
+        time.sleep(0.05)
+    process.kill()  # no clean-up at all: the endpoint is down and nothing was delivered
+    process.wait(10)
+    logged_before = [event["id"] for event in logged_events(out)]
+    queue = EventQueue(out / QUEUE_NAME)
+    queued = queue.waiting()[url]
+    queue.close()
+    assert 8 <= len(logged_before) <= queued <= len(logged_before) + 1  # queued before being logged
+
+    endpoint = Endpoint(port)
+    try:
+        more = frames_folder(tmp_path / "more", 2)
+        result = CliRunner().invoke(cli, ["watch", "--model", str(model), "--source", str(more), *common])
+    finally:
+        endpoint.close()
+
+    assert result.exit_code == 0, result.output
+    delivered = [body["id"] for body in endpoint.bodies]
+    assert len(delivered) == queued + 2
+    assert delivered[: len(logged_before)] == logged_before  # the killed run's events first, in order
+    assert delivered[-2:] == [event["id"] for event in logged_events(out)][-2:]
+
+
 # --- exec: a script that reads the event on stdin ----------------------------------------------------------
 
 
