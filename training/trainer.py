@@ -17,10 +17,12 @@ validates, writes the run directory and draws the progress bar; the others wait 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import io
 import json
+import logging
 import math
 import random
 import shutil
@@ -103,7 +105,7 @@ def train(
     Example:
         >>> run_dir = train(load_config("rdna_cpu", {"epochs": 1}))
     """
-    with joined(resolve_device(config.device), backend) as world:
+    with joined(resolve_device(config.device), backend) as world, _warnings_from_rank_zero(world):
         if not world.is_main:
             log, progress = _quiet, False
         run = _prepare_run(copy.deepcopy(config), resume, log, world)
@@ -126,6 +128,20 @@ def train(
 
 def _quiet(line: str) -> None:
     """The log of ranks above 0: rank 0 speaks for the run."""
+
+
+@contextlib.contextmanager
+def _warnings_from_rank_zero(world: World) -> Iterator[None]:
+    """Ranks above 0 keep the package's logged warnings (e.g. about the anomaly source) to themselves:
+    rank 0 logs the same ones. Errors still show."""
+    logger = logging.getLogger("inspector")
+    level = logger.level
+    if not world.is_main:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 @dataclass
