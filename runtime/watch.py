@@ -216,6 +216,7 @@ def _watch(
                 f"are in {display_path(events_path)}"
             )
         finally:
+            stats.finish()  # the run's time and FPS stop here, before the deliveries' last chance below
             reader.stop()
             if recorder:
                 recorder.close()
@@ -270,6 +271,10 @@ class _Stats:
         self.anomalous = 0
         self.fps = 0.0
         self._last = self.started
+        self.finished: float | None = None
+
+    def finish(self) -> None:
+        self.finished = time.monotonic()
 
     def add(self, latency: float, anomalous: bool) -> None:
         now = time.monotonic()
@@ -298,7 +303,7 @@ class _Stats:
     def summary(
         self, source: Source, reader: FrameReader, ended_by: str, record: Any, recorder: _Recorder | None
     ) -> dict[str, Any]:
-        seconds = time.monotonic() - self.started
+        seconds = (self.finished or time.monotonic()) - self.started
         latencies = np.asarray(self.latencies) * 1000.0 if self.latencies else np.zeros(1)
         return {
             "source": source.name,

@@ -193,7 +193,7 @@ def watch_command(
             events=events,
             save=save,
             max_frames=max_frames,
-            notify=_note,
+            notify=progress.note if progress is not None else _note,
             sinks=sinks,
             live_view=live_view,
             progress=progress,
@@ -247,6 +247,12 @@ class _ProgressLine:
         else:
             click.echo(line, err=True)
         self.shown = True
+
+    def note(self, message: str) -> None:
+        """A message (a reconnect, a destination down) on its own line, not glued to the progress line."""
+        if self.tty and self.shown:
+            click.echo("\r\x1b[K", err=True, nl=False)
+        _note(message)
 
     def end(self) -> None:
         if self.tty and self.shown:
