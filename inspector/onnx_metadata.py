@@ -8,8 +8,8 @@ append the new entry. The graph, its weights and every other field are copied by
 
 This is what lets ``inspector calibrate`` rewrite a model's calibration on the base install (numpy,
 OpenCV, onnxruntime): the ``onnx`` package and its generated protobuf classes come with the ``train``
-extra only. ``inspector.export`` writes the metadata with ``onnx`` itself (``export/writer.py``); both
-give files that ``onnx.load`` and onnxruntime read the same (``tests/test_calibrate_onnx.py``).
+extra only. ``inspector.export`` writes its metadata through this module too (``export/writer.py``), so
+there is one writer; ``onnx.load`` and onnxruntime read its files (``tests/test_calibrate_onnx.py``).
 """
 
 from __future__ import annotations
