@@ -10,6 +10,7 @@ import pytest
 
 from inspector.config import load_config
 from inspector.errors import InspectorError
+from inspector.labelled_data import dataset_images
 from inspector.training.data import build_splits
 from inspector.training.data.dataset import ImageDataset
 
@@ -148,18 +149,41 @@ def test_empty_train_good_is_an_error(tmp_path):
         build_splits(mvtec_config(root))
 
 
-def test_anomalous_image_without_mask_is_named(tmp_path):
+@pytest.mark.parametrize("reader", ["training", "eval MODEL"])
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        (
+            "image without mask",
+            r"test/hole/001.png has no mask \(expected .*ground_truth/hole/001_mask.png\);",
+        ),
+        ("images without masks", r"test/hole/000.png has no mask .* \(and 1 more\); add the mask"),
+        ("mask without image", r"ground_truth/crack/007_mask.png matches no image in .*test/crack;"),
+        (
+            "masks of no defect folder",
+            r"ground_truth/scratch has masks but there is no .*test/scratch folder",
+        ),
+    ],
+)
+def test_mvtec_mask_errors_are_the_same_for_training_and_eval_model(tmp_path, reader, case, message):
+    # One set of rules (inspector.labelled_data): the training reader and the torch-free one of
+    # `inspector eval MODEL --data` refuse the same layouts with the same line.
     root = make_mvtec(tmp_path / "mvtec")
-    (root / "bottle" / "ground_truth" / "hole" / "001_mask.png").unlink()
-    with pytest.raises(InspectorError, match=r"test/hole/001.png has no mask \(expected .*001_mask.png\)"):
-        build_splits(mvtec_config(root))
-
-
-def test_mask_without_image_is_named(tmp_path):
-    root = make_mvtec(tmp_path / "mvtec")
-    _write(root / "bottle" / "ground_truth" / "crack" / "007_mask.png", _square_mask(0, 0, 4))
-    with pytest.raises(InspectorError, match=r"ground_truth/crack/007_mask.png matches no image"):
-        build_splits(mvtec_config(root))
+    truth = root / "bottle" / "ground_truth"
+    if case == "image without mask":
+        (truth / "hole" / "001_mask.png").unlink()
+    elif case == "images without masks":
+        for name in ("000_mask.png", "001_mask.png"):
+            (truth / "hole" / name).unlink()
+    elif case == "mask without image":
+        _write(truth / "crack" / "007_mask.png", _square_mask(0, 0, 4))
+    else:
+        _write(truth / "scratch" / "000_mask.png", _square_mask(0, 0, 4))
+    with pytest.raises(InspectorError, match=message):
+        if reader == "training":
+            build_splits(mvtec_config(root))
+        else:
+            dataset_images(root / "bottle")
 
 
 def test_mask_of_another_size_is_an_error_naming_the_file(tmp_path):
@@ -248,7 +272,7 @@ def test_folder_dataset_image_without_mask_is_named(tmp_path):
         ({"normal_dir": None}, "data.normal_dir is not set"),
         ({"normal_dir": "missing"}, r"missing \(data.normal_dir\) not found"),
         ({"normal_dir": "empty"}, r"empty \(data.normal_dir\) holds no images"),
-        ({"abnormal_dir": None}, "data.mask_dir is set but data.abnormal_dir is not"),
+        ({"abnormal_dir": None}, "data.mask_dir given without data.abnormal_dir"),
     ],
 )
 def test_folder_dataset_bad_folders(tmp_path, data, message):

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import cv2
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from inspector.errors import InspectorError
+from inspector.labelled_data import fit_mask
+from inspector.labelled_data import load_mask as load_mask_file
 from inspector.preprocess import read_image, resize_image, to_model_input, to_uint8_rgb
 from inspector.training.data.samples import Sample
 
@@ -24,28 +24,16 @@ def load_rgb(sample: Sample) -> np.ndarray:
 def load_mask(sample: Sample, image_shape: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
     """The ground-truth mask at ``size`` as float32 ``[1, H, W]`` in {0, 1}.
 
-    The mask is resized as a float and thresholded at 0.5, so edges are neither eroded nor dilated.
-    A mask whose size differs from its image's is an error that names the file.
+    The rules (resized as a float and thresholded at 0.5; a mask whose size differs from its image's
+    is an error that names the file) are :mod:`inspector.labelled_data`'s, shared with ``eval MODEL``.
     """
     if sample.mask is None:
         return np.zeros((1, *size), dtype=np.float32)
     if isinstance(sample.mask, np.ndarray):
-        mask = sample.mask.astype(np.float32)
-        source = sample.name or "in-memory mask"
+        mask = fit_mask(sample.mask, image_shape, size, sample.name or "in-memory mask")
     else:
-        mask_path = Path(sample.mask)
-        mask = cv2.imdecode(np.fromfile(str(mask_path), dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-        if mask is None:
-            raise InspectorError(f"{mask_path}: mask is not a readable image; replace or remove it")
-        mask = (mask > 127).astype(np.float32)
-        source = str(mask_path)
-    if mask.shape[:2] != tuple(image_shape):
-        raise InspectorError(
-            f"{source}: mask is {mask.shape[1]}x{mask.shape[0]} but its image is "
-            f"{image_shape[1]}x{image_shape[0]}; masks must match their images"
-        )
-    resized = resize_image(mask, size)
-    return (resized >= 0.5).astype(np.float32)[None, :, :]
+        mask = load_mask_file(Path(sample.mask), image_shape, size)
+    return mask.astype(np.float32)[None, :, :]
 
 
 class ImageDataset(Dataset):
