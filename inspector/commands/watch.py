@@ -108,10 +108,12 @@ from inspector.commands.options import (
 )
 @click.option(
     "--token",
+    metavar="TOKEN",
     envvar="INSPECTOR_TOKEN",
     default=None,
-    help="Access token of the --serve page (also from INSPECTOR_TOKEN); generated and printed when "
-    "--serve binds an address other than 127.0.0.1 and none is given.",
+    help="Access token of the --serve page (or INSPECTOR_TOKEN, which other users cannot see in the "
+    "process list); generated and printed when --serve binds an address other than 127.0.0.1 "
+    "(localhost, ::1) and none is given.",
 )
 @max_megapixels_option
 @threshold_option
