@@ -253,6 +253,9 @@ class EventPublisher:
         self._failures = {sink.key: 0 for sink in sinks}  # failed deliveries in a row
         self._wake = {sink.key: threading.Event() for sink in sinks}
         self._stop = threading.Event()
+        # Counted here rather than in the file: a queue that grew for hours is not counted every 2 s.
+        self._waiting = {sink.key: 0 for sink in sinks}
+        self._count_lock = threading.Lock()
         self._threads = [
             threading.Thread(target=self._deliver_loop, args=(sink,), name=f"events {sink.key}", daemon=True)
             for sink in sinks
@@ -262,6 +265,7 @@ class EventPublisher:
         keys = set(self.delivered)
         for key, count in self.queue.waiting().items():
             if key in keys:
+                self._waiting[key] = count
                 self.notify(f"{key}: {count} events from an earlier run are delivered first")
             else:
                 self.notify(
@@ -276,13 +280,16 @@ class EventPublisher:
     def publish(self, event: dict[str, Any]) -> None:
         """Queue ``event`` for every destination (on disk, in one transaction) and wake the deliveries."""
         self.queue.append(json.dumps(event, ensure_ascii=False), list(self.delivered))
+        with self._count_lock:
+            for key in self._waiting:
+                self._waiting[key] += 1
         for wake in self._wake.values():
             wake.set()
 
     def waiting(self) -> int:
         """Events not yet delivered to this run's destinations."""
-        waiting = self.queue.waiting()
-        return sum(waiting.get(key, 0) for key in self.delivered)
+        with self._count_lock:
+            return sum(self._waiting.values())
 
     def close(self, drain_seconds: float = DRAIN_SECONDS) -> dict[str, Any]:
         """Deliver what is queued for up to ``drain_seconds`` (less once every destination with events
@@ -290,8 +297,8 @@ class EventPublisher:
         deadline = time.monotonic() + drain_seconds
         failures_before = dict(self._failures)
         while time.monotonic() < deadline:
-            waiting = self.queue.waiting()
-            pending = [key for key in self.delivered if waiting.get(key)]
+            with self._count_lock:
+                pending = [key for key, count in self._waiting.items() if count]
             # Done when all is delivered, or when each destination still owed events failed again since
             # the run ended, and not for the first time (it is down: its events wait for the next run).
             if all(self._failures[key] > max(failures_before[key], 1) for key in pending):
@@ -336,6 +343,8 @@ class EventPublisher:
                     retry = min(retry * 2.0, MAX_RETRY_S)
                     break
                 self.queue.acknowledge(seq)
+                with self._count_lock:
+                    self._waiting[sink.key] -= 1
                 self.delivered[sink.key] += 1
                 self._failures[sink.key] = 0
                 if self._failing[sink.key]:
