@@ -52,7 +52,11 @@ def iterate_and_record(self):
 def train_and_record(run, progress):
     stopped_by = train_loop(run, progress)
     state = {name: tensor.detach().cpu().clone() for name, tensor in run.detector.state_dict().items()}
-    torch.save({"state": state, "step": run.step, "seen": seen}, record / f"rank{run.world.rank}.pt")
+    random_draw = torch.rand(4)  # the process's own stream: the noise and latent codes it drew
+    torch.save(
+        {"state": state, "step": run.step, "seen": seen, "random_draw": random_draw},
+        record / f"rank{run.world.rank}.pt",
+    )
     return stopped_by
 
 
@@ -149,6 +153,8 @@ def test_two_gloo_processes_train_one_model_into_one_run_that_resumes_in_one_pro
     first_epoch = [rank["seen"][0] for rank in ranks]
     assert len(first_epoch[0]) == len(first_epoch[1]) >= 2
     assert not set(first_epoch[0]) & set(first_epoch[1])
+    # ... and drew its own random numbers (input noise, latent codes), not the other's.
+    assert not torch.equal(ranks[0]["random_draw"], ranks[1]["random_draw"])
 
     # Only rank 0 wrote: one run directory, its checkpoint the processes' common weights, plain names.
     runs = sorted(path.name for path in (tmp_path / "runs").iterdir())
