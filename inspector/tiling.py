@@ -22,6 +22,7 @@ This module is numpy only: the runtime (onnxruntime) and the export (torch) both
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -203,18 +204,34 @@ def stitch(
     on tile placement. Every pixel is covered by at least one tile with a positive weight, so a map that
     is constant on every tile stitches to the same constant.
     """
-    height, width = int(image_size[0]), int(image_size[1])
     tile_height, tile_width = int(tile[0]), int(tile[1])
     if len(tile_maps) != len(origins):
         raise ValueError(f"{len(tile_maps)} tile maps for {len(origins)} tiles")
-    weights = tile_weights(tile, stride)
-    total = np.zeros((height, width), np.float64)
-    weight_sum = np.zeros((height, width), np.float64)
+    key = (tuple(origins), (int(image_size[0]), int(image_size[1])), (tile_height, tile_width), tuple(stride))
+    weights, inverse_sum = _stitch_weights(*key)
+    total = np.zeros(key[1], np.float32)
     for tile_map, (top, left) in zip(tile_maps, origins):
-        window = (slice(top, top + tile_height), slice(left, left + tile_width))
-        total[window] += weights * tile_map.reshape(tile_height, tile_width)
-        weight_sum[window] += weights
-    return (total / weight_sum).astype(np.float32)
+        total[top : top + tile_height, left : left + tile_width] += weights * tile_map.reshape(weights.shape)
+    return total * inverse_sum
+
+
+@functools.lru_cache(maxsize=4)
+def _stitch_weights(
+    origins: tuple[tuple[int, int], ...],
+    image_size: tuple[int, int],
+    tile: tuple[int, int],
+    stride: tuple[int, int],
+) -> tuple[np.ndarray, np.ndarray]:
+    """One tile's weights (float32) and 1 / the sum of the weights on each pixel: the same for every image
+    of one tiling, so computed once."""
+    weights = tile_weights(tile, stride)
+    weight_sum = np.zeros(image_size, np.float64)
+    for top, left in origins:
+        weight_sum[top : top + tile[0], left : left + tile[1]] += weights
+    weights, inverse_sum = weights.astype(np.float32), (1.0 / weight_sum).astype(np.float32)
+    weights.setflags(write=False)  # shared by every call: read-only
+    inverse_sum.setflags(write=False)
+    return weights, inverse_sum
 
 
 def mean_filtered_max(anomaly_map: np.ndarray, window: int) -> float:
