@@ -24,6 +24,7 @@ import json
 import os
 import shlex
 import shutil
+import sqlite3
 import subprocess
 import threading
 import time
@@ -322,7 +323,12 @@ class EventPublisher:
     def _deliver_loop(self, sink: Sink) -> None:
         retry = FIRST_RETRY_S
         while not self._stop.is_set():
-            batch = self.queue.oldest(sink.key)
+            try:
+                batch = self.queue.oldest(sink.key)
+            except sqlite3.Error as error:
+                self.notify(f"{sink.key}: cannot read the event queue ({error}); retrying")
+                self._stop.wait(MAX_RETRY_S)
+                continue
             if not batch:
                 self._wake[sink.key].wait(0.5)
                 self._wake[sink.key].clear()
@@ -342,7 +348,12 @@ class EventPublisher:
                     sink.wait_until_ready(self._stop, retry)
                     retry = min(retry * 2.0, MAX_RETRY_S)
                     break
-                self.queue.acknowledge(seq)
+                try:
+                    self.queue.acknowledge(seq)
+                except sqlite3.Error as error:  # delivered but still queued: sent again later (same id)
+                    self.notify(f"{sink.key}: cannot update the event queue ({error}); retrying")
+                    self._stop.wait(MAX_RETRY_S)
+                    break
                 with self._count_lock:
                     self._waiting[sink.key] -= 1
                 self.delivered[sink.key] += 1
