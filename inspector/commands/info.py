@@ -118,6 +118,18 @@ def _pairs(info: dict[str, Any]) -> list[tuple[str, str]]:
     rows += [("input" if i == 0 else "", _shape(tensor)) for i, tensor in enumerate(info["inputs"])]
     rows += [("outputs" if i == 0 else "", _shape(tensor)) for i, tensor in enumerate(info["outputs"])]
     rows.append(("opset", str(info["opset"])))
+    if metadata:  # precision and cost: written by export (export/graph_audit.py); older models lack them
+        cost = metadata.get("cost") or {}
+        rows.append(("precision", f"{metadata.get('precision', 'fp32')} inside; input and outputs float32"))
+        rows.append(
+            (
+                "cost",
+                f"{cost['parameters'] / 1e6:.3g} M parameters, {2 * cost['macs'] / 1e9:.3g} GFLOP per image "
+                f"({cost['macs'] / 1e9:.3g} G multiply-accumulates, {cost.get('counted_by', 'counted at export')})"
+                if cost
+                else "not recorded (exported before inspector counted it)",
+            )
+        )
     if metadata:
         calibration = metadata["calibration"]
         described = calibration.get("method", "none")
