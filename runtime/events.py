@@ -52,8 +52,27 @@ MQTT_EXTRA = "pip install 'inspector-vision[line]'"
 def frame_event(result: Result, threshold: float) -> dict[str, Any]:
     """The event of one scored frame: a unique ``id``, ``event: "frame"``, the frame's record
     (:meth:`Result.to_record`: time, frame index, verdict as ``label``, score, raw score, regions, overlay
-    path, ...) and the normalised ``threshold`` the verdict was made at."""
-    return {"id": uuid.uuid4().hex, "event": "frame", **result.to_record(), "threshold": round(threshold, 6)}
+    path, ...) and the normalised ``threshold`` the verdict was made at. A stream URL's user and password
+    are left out of ``source``: events travel to brokers and servers."""
+    record = result.to_record()
+    if "source" in record:
+        record["source"] = without_credentials(record["source"])
+    return {"id": uuid.uuid4().hex, "event": "frame", **record, "threshold": round(threshold, 6)}
+
+
+def without_credentials(location: str) -> str:
+    """``rtsp://user:secret@camera/stream`` as ``rtsp://camera/stream``; anything else unchanged."""
+    if "://" not in location:
+        return location
+    try:
+        parts = urlsplit(location)
+        if parts.username is None and parts.password is None:
+            return location
+        host = parts.hostname or ""
+        netloc = (f"[{host}]" if ":" in host else host) + (f":{parts.port}" if parts.port else "")
+    except ValueError:
+        return location
+    return parts._replace(netloc=netloc).geturl()
 
 
 def control_event(kind: str, **fields: Any) -> dict[str, Any]:
@@ -161,9 +180,12 @@ class WebhookSink(Sink):
         parts = urlsplit(url)
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise InspectorError(f"--webhook {url!r}: expected an http:// or https:// URL")
+        try:
+            parts.port
+        except ValueError:
+            raise InspectorError(f"--webhook {url!r}: the port is not a number from 1 to 65535") from None
         self.url = url
-        netloc = parts.hostname + (f":{parts.port}" if parts.port else "")
-        self.key = parts._replace(netloc=netloc).geturl()  # no user:password in the queue or in messages
+        self.key = without_credentials(url)  # no user:password in the queue or in messages
 
     def deliver(self, body: str, event_id: str) -> None:
         request = urllib.request.Request(

@@ -35,7 +35,7 @@ import cv2
 import numpy as np
 
 from inspector.errors import InspectorError
-from inspector.runtime.events import control_event
+from inspector.runtime.events import control_event, without_credentials
 from inspector.runtime.result import Result
 from inspector.runtime.scoring import Scorer, check_threshold
 
@@ -75,7 +75,7 @@ class LiveView:
         self.out_dir = Path(out_dir).resolve()
         self.host = host
         self.token = token or (None if is_local(host) else secrets.token_urlsafe(18))
-        self.source_name = source_name
+        self.source_name = without_credentials(source_name)
         self.paused = False
         self.threshold = 0.5
         self._lock = threading.Condition()

@@ -27,7 +27,7 @@ from runtime_models import build_deviation_model
 from inspector.cli import cli
 from inspector.errors import InspectorError
 from inspector.runtime.event_queue import QUEUE_NAME, EventQueue
-from inspector.runtime.events import build_sinks
+from inspector.runtime.events import build_sinks, without_credentials
 from inspector.runtime.scoring import Scorer
 from inspector.runtime.session import load_model
 from inspector.runtime.sources import open_source
@@ -416,3 +416,16 @@ def test_bad_destinations_are_one_line_with_exit_code_2(tmp_path, model, monkeyp
     monkeypatch.setitem(sys.modules, "paho.mqtt.client", None)  # a base install without the line extra
     with pytest.raises(InspectorError, match=r"inspector-vision\[line\]"):
         build_sinks(["mqtt://127.0.0.1/line"])
+
+
+def test_credentials_of_a_stream_or_destination_never_travel_with_the_events():
+    assert (
+        without_credentials("rtsp://line:s3cret@camera.local:554/stream1")
+        == "rtsp://camera.local:554/stream1"
+    )
+    assert without_credentials("rtsp://camera.local/stream1") == "rtsp://camera.local/stream1"
+    assert without_credentials("line.mp4") == "line.mp4"
+    (webhook,) = build_sinks(webhooks=["https://bot:token@mes.local:8443/api/inspections?line=1"])
+    assert webhook.key == "https://mes.local:8443/api/inspections?line=1"
+    with pytest.raises(InspectorError, match="the port is not a number"):
+        build_sinks(webhooks=["http://127.0.0.1:99999/x"])
