@@ -46,6 +46,7 @@ EXEC_TIMEOUT_S = 30.0  # a command that runs longer is stopped and the event ret
 FIRST_RETRY_S = 0.5
 MAX_RETRY_S = 10.0
 DRAIN_SECONDS = 5.0  # at the end of a run, queued events are delivered for at most this long
+JOIN_SECONDS = 2.0  # then a delivery still under way gets this long to finish
 MQTT_EXTRA = "pip install 'inspector-vision[line]'"
 
 
@@ -330,12 +331,16 @@ class EventPublisher:
         self._stop.set()
         for wake in self._wake.values():
             wake.set()
+        # A delivery stuck in a hung server or command is not waited for: its event stays queued and is
+        # sent again by the next run (at-least-once, same id).
+        join_until = time.monotonic() + JOIN_SECONDS
         for thread in self._threads:
-            thread.join(DELIVERY_TIMEOUT_S + EXEC_TIMEOUT_S)
+            thread.join(max(0.0, join_until - time.monotonic()))
         for sink in self.sinks:
             sink.close()
         waiting = self.queue.waiting()
-        self.queue.close()
+        if not any(thread.is_alive() for thread in self._threads):
+            self.queue.close()
         return {
             "delivered": dict(self.delivered),
             "waiting": {key: waiting.get(key, 0) for key in self.delivered},

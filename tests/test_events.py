@@ -311,6 +311,53 @@ def test_events_queued_before_watch_was_killed_are_delivered_first_by_the_next_r
     assert delivered[-2:] == [event["id"] for event in logged_events(out)][-2:]
 
 
+def test_a_hung_endpoint_blocks_neither_the_frames_nor_the_end_of_the_run(tmp_path, model):
+    release = threading.Event()
+    requests: list[dict] = []
+
+    class Hung(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - http.server's name
+            requests.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
+            release.wait(60)  # holds the first delivery until the test lets go
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Hung)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    frames = frames_folder(tmp_path / "frames", 10)
+    url = f"http://127.0.0.1:{server.server_address[1]}/events"
+    outcome: dict = {}
+    runner = threading.Thread(
+        target=lambda: outcome.update(
+            watch(
+                open_source(str(frames)),
+                Scorer(load_model(model)),
+                tmp_path / "out",
+                headless=True,
+                events="all",
+                sinks=build_sinks(webhooks=[url]),
+                drain_seconds=0.5,
+            )
+        )
+    )
+    try:
+        runner.start()
+        runner.join(50)
+        finished_while_held = not runner.is_alive() and not release.is_set()
+    finally:
+        release.set()
+        runner.join(30)
+        server.shutdown()
+        server.server_close()
+
+    assert finished_while_held  # watch ended while the endpoint still held its first event
+    assert outcome["frames_scored"] == 10 and len(logged_events(tmp_path / "out")) == 10
+    assert len(requests) == 1 and outcome["events_waiting"] == {url: 10}  # the held one is not acknowledged
+
+
 # --- exec: a script that reads the event on stdin ----------------------------------------------------------
 
 
