@@ -66,6 +66,14 @@ class World:
         dist.all_reduce(values, op=dist.ReduceOp.MAX)
         return tuple(bool(value) for value in values.tolist())
 
+    def broadcast_float(self, value: float) -> float:
+        """Rank 0's number on every process (one small broadcast)."""
+        if not self.is_distributed:
+            return value
+        holder = torch.tensor([float(value)], dtype=torch.float64, device=_collective_device(self))
+        dist.broadcast(holder, src=0)
+        return float(holder.item())
+
     def broadcast(self, value: Any) -> Any:
         """Rank 0's ``value`` on every process (a picklable object, such as the run directory's path)."""
         if not self.is_distributed:

@@ -333,7 +333,11 @@ def _train_loop(run: _Run, progress: bool) -> str:
                     run.step // run.steps_per_epoch, skip=(run.step % run.steps_per_epoch) * run.batch_size
                 )
                 for batch in _batches(run.train_loader, stop):
-                    detector.set_progress(_progress(run.step, run.total_steps, run.elapsed(), run.time_limit))
+                    progress = _progress(run.step, run.total_steps, run.elapsed(), run.time_limit)
+                    if run.time_limit is not None:
+                        # A schedule on time follows rank 0's clock: one learning rate on every process.
+                        progress = world.broadcast_float(progress)
+                    detector.set_progress(progress)
                     losses = detector.training_step(_to_device(batch, run.device, run.memory_format))
                     sync.after_step()
                     run.step += 1
