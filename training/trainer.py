@@ -556,7 +556,9 @@ class _EpochSampler:
     step ``k``'s total batch is the one process's batch ``k``, cut in ``world_size`` equal slices, slice
     ``rank`` for this rank. Every image of an epoch goes to one rank only, the incomplete last batch is left
     out (as the loader's ``drop_last`` does for one process), and a run resumes exactly whatever the number
-    of processes before and after.
+    of processes before and after. The synthetic anomalies are drawn from ``(seed, epoch, index)``: with
+    each index on one rank, no two ranks paste the same anomaly, and their seeds need no rank in them (which
+    would give a resumed run other anomalies on another number of processes).
     """
 
     def __init__(self, size: int, seed: int, rank: int = 0, world_size: int = 1, batch_size: int = 1) -> None:
