@@ -31,7 +31,7 @@ from inspector.calibration import (
 from inspector.config import CalibrationConfig
 from inspector.errors import InspectorError
 from inspector.io import atomic_write_bytes, display_path
-from inspector.labelled_data import folder_images
+from inspector.labelled_data import FolderNames, folder_images
 from inspector.onnx_metadata import NotAnOnnxModelError, read_metadata_props, replace_metadata_prop
 from inspector.runtime.evaluate import DEFAULT_BATCH_SIZE, score_labelled
 from inspector.runtime.session import ModelSession
@@ -106,6 +106,7 @@ def recalibrate(
         Path(good),
         Path(defective) if defective is not None else None,
         Path(mask_dir) if mask_dir is not None else None,
+        names=FolderNames("--good", "--defective", "--mask-dir"),
     )
     normals = sum(1 for image in images if image.label == 0)
     warnings: list[str] = []

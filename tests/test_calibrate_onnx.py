@@ -151,9 +151,9 @@ def test_too_few_good_images_for_the_rate_is_one_line_unless_allowed(station):
     "case, message",
     [
         ("empty good folder", "holds no images"),
-        ("missing good folder", "(good images) not found"),
+        ("missing good folder", "(--good) not found"),
         ("rate with defects", "--false-reject-rate sets the quantile method's target"),
-        ("masks without defects", "masks given without defective images"),
+        ("masks without defects", "--mask-dir given without --defective"),
         ("no calibration fields", "metadata lacks image_threshold, pixel_threshold"),
         ("not a model", "not a loadable ONNX model"),
     ],
