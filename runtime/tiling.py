@@ -47,9 +47,12 @@ def infer_tiles(session: ModelSession, batch: TileBatch, tiling: Tiling) -> tupl
     """
     height, width = tiling.tile
     origins = tiling.origins()
+    count = len(origins)
     tiles = [(image, top, left) for image in batch.images for top, left in origins]
     chunk = max(1, TILE_PIXELS_PER_CALL // (height * width))
-    tile_maps = []
+    stitched: list[np.ndarray] = []
+    pending: list[np.ndarray] = []  # tile maps of the image being stitched, held only until it is complete
+    held = 0
     for start in range(0, len(tiles), chunk):
         model_input = np.stack(
             [
@@ -57,13 +60,13 @@ def infer_tiles(session: ModelSession, batch: TileBatch, tiling: Tiling) -> tupl
                 for image, top, left in tiles[start : start + chunk]
             ]
         )
-        tile_maps.append(session.run(model_input)[1])
-    if not tile_maps:
+        pending.append(session.run(model_input)[1])
+        held += len(pending[-1])
+        while held >= count:
+            maps = np.concatenate(pending)
+            stitched.append(tiling.stitch(maps[:count]))
+            pending, held = [maps[count:]], held - count
+    if not stitched:
         return np.zeros(0, np.float32), np.zeros((0, *tiling.image_size), np.float32)
-    maps = np.concatenate(tile_maps)
-    count = len(origins)
-    stitched = np.stack(
-        [tiling.stitch(maps[index * count : (index + 1) * count]) for index in range(len(batch))]
-    )
     scores = np.array([tiling.score(anomaly_map) for anomaly_map in stitched], np.float32)
-    return scores, stitched
+    return scores, np.stack(stitched)

@@ -312,18 +312,25 @@ def test_inspect_and_the_stream_watch_uses_score_a_tiled_model_without_options(c
 
 
 def test_the_python_api_scores_a_tiled_model_in_tiles(tmp_path):
-    tiling = Tiling.with_overlap(TILE, (512, 768), SCORE_WINDOW)
+    tiling = Tiling.with_overlap(TILE, (512, 768), SCORE_WINDOW)  # 12 tiles an image, 8 a model call
     model = inspector.load_model(write_model(tmp_path / "model.onnx", tiling, None), device="cpu")
     assert model.tiling == tiling.to_dict() and model.input_size == (TILE, TILE)
-    image = np.full((1080, 1620, 3), 128, np.uint8)
-    image[500:520, 800:820] = 0
-    prepared = model.scorer.prepare([image, image])
+    first = np.full((1080, 1620, 3), 128, np.uint8)
+    first[500:520, 800:820] = 0
+    second = np.full((1080, 1620, 3), 128, np.uint8)
+    second[100:110, 1500:1530] = 255
+    prepared = model.scorer.prepare([first, second])
     assert isinstance(prepared, TileBatch)
     assert [image.shape for image in prepared.images] == [(3, 512, 768)] * 2  # whole, cut per model call
-    result = model.score(image)
+    scores, maps = model.scorer.infer(prepared)
+    for image, score, anomaly_map in zip((first, second), scores, maps):
+        alone_scores, alone_maps = model.scorer.infer(model.scorer.prepare([image]))
+        np.testing.assert_array_equal(anomaly_map, alone_maps[0])  # model calls spanning two images
+        assert score == alone_scores[0] == pytest.approx(mean_filtered_max(anomaly_map, SCORE_WINDOW))
+    assert maps[0].argmax() != maps[1].argmax()
+    result = model.score(first)
+    assert result.raw_score == pytest.approx(float(scores[0]))
     assert result.inspection.anomaly_map.shape == (512, 768)
-    raw_map = model.scorer.infer(prepared)[1][0]
-    assert result.raw_score == pytest.approx(mean_filtered_max(raw_map, SCORE_WINDOW))
     assert result.inspection.full_anomaly_map().shape == (1080, 1620)
 
 
