@@ -432,3 +432,16 @@ def test_export_tile_refuses_a_run_not_trained_on_crops_and_a_detector_without_a
         tiling_for_run(
             vae, load_config(None, {"detector": "memvae", "input_size": [64, 64], "crop_size": 32})
         )
+
+
+def test_info_describes_the_tiling_of_a_tiled_model_and_nothing_for_a_whole_image_one(camera_case):
+    from click.testing import CliRunner
+
+    from inspector.cli import cli
+
+    tiled = CliRunner().invoke(cli, ["info", str(camera_case.tiled)])
+    assert tiled.exit_code == 0, tiled.output
+    assert "frames resized to 2048x2048, scored in 121 tiles of 256x256" in tiled.output
+    whole = CliRunner().invoke(cli, ["info", str(camera_case.whole)])
+    assert whole.exit_code == 0, whole.output
+    assert "tiling" not in whole.output

@@ -115,6 +115,8 @@ def _pairs(info: dict[str, Any]) -> list[tuple[str, str]]:
                 ),
             )
         )
+        if metadata.get("tiling"):
+            rows.append(("tiling", _tiling_text(metadata["tiling"])))
     rows += [("input" if i == 0 else "", _shape(tensor)) for i, tensor in enumerate(info["inputs"])]
     rows += [("outputs" if i == 0 else "", _shape(tensor)) for i, tensor in enumerate(info["outputs"])]
     rows.append(("opset", str(info["opset"])))
@@ -176,6 +178,18 @@ def _pairs(info: dict[str, Any]) -> list[tuple[str, str]]:
     if metadata:
         rows.append(("", "all the metadata, with the preprocessing a client must reproduce: --json"))
     return rows
+
+
+def _tiling_text(values: dict[str, Any]) -> str:
+    """One line for a tiled model: the scale it scores at, the tiles and the score window."""
+    from inspector.tiling import Tiling
+
+    tiling = Tiling.from_dict(values)
+    (height, width), (tile_h, tile_w), (stride_h, stride_w) = tiling.image_size, tiling.tile, tiling.stride
+    return (
+        f"frames resized to {height}x{width}, scored in {len(tiling.origins())} tiles of {tile_h}x{tile_w} "
+        f"(stride {stride_h}x{stride_w}), score window {tiling.score_window}"
+    )
 
 
 def _history_rows(history: Any) -> list[tuple[str, str]]:
