@@ -235,6 +235,7 @@ def scoring_parity(
     precision: str = "fp32",
     normalization: dict[str, Sequence[float]] | None = None,
     noise: dict[str, float] | None = None,
+    torch_cache: dict[tuple[int, int], list[np.ndarray]] | None = None,
 ) -> ParityReport:
     """Compare the scoring graph in onnxruntime with ``detector.forward`` (float32) on ``images`` [N, C, H, W].
 
@@ -243,6 +244,8 @@ def scoring_parity(
     calibrated thresholds (above them is anomalous, as after normalisation). ``precision`` picks the rule
     (module docstring): fp32 measures the float32 noise (or takes ``noise`` measured before, or a fixed
     ``tolerance``); fp16 and int8 judge against ``normalization`` ({"image": [min, max], "pixel": ...}).
+    ``torch_cache`` (a dict, filled on the first call) keeps torch's outputs for a second check of another
+    graph on the same images.
     """
     if len(images) == 0:
         raise InspectorError("no images to check the export with; pass --parity-images DIR")
@@ -260,7 +263,13 @@ def scoring_parity(
         batch_worst = dict.fromkeys(names, 0.0)
         for start in range(0, len(images), batch_size):
             batch = np.ascontiguousarray(images[start : start + batch_size], dtype=np.float32)
-            torch_score, torch_map = _torch_outputs(reference, [batch])
+            key = (batch_size, start)
+            if torch_cache is not None and key in torch_cache:
+                torch_score, torch_map = torch_cache[key]
+            else:
+                torch_score, torch_map = _torch_outputs(reference, [batch])
+                if torch_cache is not None:
+                    torch_cache[key] = [torch_score, torch_map]
             onnx_score, onnx_map = session.run([SCORE_OUTPUT, MAP_OUTPUT], {INPUT_NAME: batch})
             if onnx_score.shape != torch_score.shape or onnx_map.shape != torch_map.shape:
                 raise ParityError(

@@ -228,6 +228,7 @@ def export_detector(
         check_onnx(model.onnx_bytes, name)
         details["graph_nodes"]["simplified"] = _node_count(model.onnx_bytes)
         details["simplified_by"] = _onnxslim_version()
+    torch_outputs: dict = {}  # torch's outputs on the parity images, computed once for both checks
     report = scoring_parity(
         detector,
         model.onnx_bytes,
@@ -237,6 +238,7 @@ def export_detector(
         image_source,
         DEFAULT_BATCH_SIZES,
         tolerance,
+        torch_cache=torch_outputs,
     )
     log(report.summary())
     if not report.passed:
@@ -258,6 +260,7 @@ def export_detector(
             DEFAULT_BATCH_SIZES,
             precision=precision,
             normalization=normalization,
+            torch_cache=torch_outputs,
         )
         log(report.summary())
         if not report.passed:

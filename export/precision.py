@@ -67,10 +67,14 @@ def simplify(onnx_bytes: bytes) -> bytes:
 def to_float16(onnx_bytes: bytes) -> bytes:
     """Weights and activations in float16; ``image`` input and outputs still float32."""
     from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.onnx_model import OnnxModel
 
     original = onnx.load_from_string(onnx_bytes)
-    converted = convert_float_to_float16(onnx.load_from_string(onnx_bytes), keep_io_types=True)
-    return _with_props_of(original, converted).SerializeToString()
+    converted = OnnxModel(convert_float_to_float16(onnx.load_from_string(onnx_bytes), keep_io_types=True))
+    # The converter appends the input/output casts at the end of the node list; onnx.checker (and some
+    # runtimes) want the nodes in topological order.
+    converted.topological_sort()
+    return _with_props_of(original, converted.model).SerializeToString()
 
 
 def float_boundary_nodes(model: onnx.ModelProto) -> list[str]:

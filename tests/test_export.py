@@ -77,7 +77,7 @@ def test_an_interrupted_write_leaves_the_previous_file_and_no_temporary(tmp_path
 # --- a trained run, exported through the command line ------------------------------------------------------
 
 
-def train_tiny_run(root: Path, detector: str) -> Path:
+def train_tiny_run(root: Path, detector: str, steps: int = 3, options: dict | None = None) -> Path:
     """Train ``detector`` for 3 steps on a tiny generated dataset (48x48 images, 32x32 input), then calibrate.
 
     Plots are left out: they are not under test here and cost seconds on a 2-core machine.
@@ -96,16 +96,16 @@ def train_tiny_run(root: Path, detector: str) -> Path:
         {
             "name": detector,
             "detector": detector,
-            "detector_options": tiny_options(detector),
+            "detector_options": options or tiny_options(detector),
             "input_size": [32, 32],
             "data.format": "synthetic",
             "data.root": str(data_root),
             "data.category": "fabric",
             "data.val_fraction": 0.3,
             "data.workers": 0,
-            "max_steps": 3,
+            "max_steps": steps,
             "batch_size": 2,
-            "val_every_steps": 3,
+            "val_every_steps": steps,
             "device": "cpu",
             "out": str(root / "runs"),
         },
