@@ -212,13 +212,3 @@ def _quantize_static(
             nodes_to_exclude=float_nodes,
         )
         return onnx.load(str(target))
-
-
-def count_ops(onnx_bytes: bytes, op_types: Sequence[str]) -> dict[str, int]:
-    """How many nodes of each of ``op_types`` the graph has (0 for absent ones)."""
-    model = onnx.load_from_string(onnx_bytes)
-    counts = dict.fromkeys(op_types, 0)
-    for node in model.graph.node:
-        if node.op_type in counts:
-            counts[node.op_type] += 1
-    return counts
