@@ -299,3 +299,17 @@ def test_an_export_whose_scoring_graph_samples_is_refused():
 def test_a_converted_export_writes_the_file_of_its_precision_only(run_exports):
     folder = Path(run_exports["int8"][0]).parent
     assert sorted(path.name for path in folder.glob("*.onnx")) == ["model-fp16.onnx", "model-int8.onnx"]
+
+
+def test_no_simplify_keeps_the_traced_graph():
+    images = prepare_batch(textured_images(2), SIZE, CHANNELS)
+    detector = _tiny_draem()
+    kept = export_detector(
+        detector, images, 0.5, 0.5, "test", components=False, log=lambda line: None, simplify=False
+    )
+    slimmed = export_detector(detector, images, 0.5, 0.5, "test", components=False, log=lambda line: None)
+    traced_nodes = len(onnx.load_from_string(export_scoring_graph(detector).onnx_bytes).graph.node)
+    assert kept.details["graph_nodes"] == {"exported": traced_nodes} and "simplified_by" not in kept.details
+    assert len(onnx.load_from_string(kept.model.onnx_bytes).graph.node) == traced_nodes
+    assert slimmed.details["graph_nodes"]["simplified"] < traced_nodes
+    assert slimmed.details["simplified_by"].startswith("onnxslim ")
