@@ -275,4 +275,4 @@ def test_alocc_rho_ends_training_at_the_first_validation_below_it(tmp_path, idx_
     config = write_config(tmp_path, "alocc", idx_root, {"rho": 1.0})
     result = run_cli("train", "--config", config, "--no-progress", "--no-eval", "--epochs", 20)
     assert result.exit_code == 0, result.output
-    assert "trained 2 steps" in result.output and "stopped by the detector's criterion" in result.output
+    assert "trained 4 steps" in result.output and "stopped by the detector's criterion" in result.output

@@ -128,7 +128,11 @@ def test_the_page_shows_live_frames_and_counts_and_its_controls_change_verdicts_
         frame = browser.find_element("id", "frame")
         first = int(wait_for(lambda: frame.get_attribute("data-seq"), what="a first frame"))
         wait_for(lambda: int(frame.get_attribute("data-seq")) > first + 5, what="more frames")
-        assert browser.execute_script("return arguments[0].naturalWidth", frame) == 320
+        # The image decodes after its src is set: wait for it rather than read it at once.
+        wait_for(
+            lambda: browser.execute_script("return arguments[0].naturalWidth", frame) == 320,
+            what="a decoded 320-pixel frame",
+        )
         wait_for(lambda: number(browser, "good") > 3 and number(browser, "anomalous") > 3, what="counts")
         assert float(browser.find_element("id", "fps").text) > 0
         assert browser.find_element("id", "latency").text != "–"
