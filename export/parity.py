@@ -29,7 +29,7 @@ of the reference outputs on the parity images when that is wider, and at least 1
 magnitude (a barely trained model whose outputs hardly vary would otherwise be judged on its rounding).
 Measured on a trained rdna_cpu model at 256x256 (16 images): fp16 0.65 % (score) and 1.2 % (map), 0.005 %
 of pixel decisions changed; int8 13-18 % and 10-13 %, 0.05-0.07 % of pixel decisions changed, no image
-decision (docs/pending/export-precision.md). Decisions are reported, not limited: only an image or pixel
+decision (README, "Smaller and faster files"). Decisions are reported, not limited: only an image or pixel
 within the allowed difference of its threshold can change side, and the share that does is judged over a
 whole test set by the benchmark, not by 8 parity images.
 """

@@ -12,7 +12,7 @@ unchanged, so the calibrated thresholds, normalisation and preprocessing survive
 - int8: ``onnxruntime.quantization.quantize_static`` in QDQ format, calibrated (MinMax) on normal training
   images of the run, weights signed int8 per output channel, activations unsigned int8. The convolutions
   next to the image stay float (see :func:`float_boundary_nodes`): measured on a trained ``rdna_cpu`` model at
-  256x256 (docs/pending/export-precision.md) that halved the pixel decisions int8 changes. Fully connected
+  256x256 (README, "Smaller and faster files") that halved the pixel decisions int8 changes. Fully connected
   layers (Gemm, MatMul: the VAEs' and BiGAN's latent layers, a small share of their MACs) stay float too:
   OpenCV 5.0's DNN module cannot run a QDQ Gemm/MatMul (``tests/test_other_runtimes.py`` records it), and
   a model file that only some runtimes load is worth less than those few MACs.

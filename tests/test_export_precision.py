@@ -36,7 +36,7 @@ torch.set_num_threads(1)
 #: A 4-channel rdna trained for 3 steps has scores of about 0.5 that spread over a calibrated range of only
 #: 0.03: int8 moves its score by 0.027 (3.5x the int8 limit), float16's rounding of values near 0.5 by 0.0035
 #: (5.6x the fp16 limit), where a trained rdna_cpu at 256x256 stays at half of either limit
-#: (docs/pending/export-precision.md). Tests of the conversion paths relax both limits by this factor;
+#: (README, "Smaller and faster files"). Tests of the conversion paths relax both limits by this factor;
 #: test_the_real_int8_limits_refuse_the_barely_trained_model shows the real limits refuse it.
 TINY_MODEL_RELAXATION = 10.0
 
