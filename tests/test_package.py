@@ -46,6 +46,7 @@ def test_wheel_installs_one_top_level_package_with_presets(wheel):
         "inspector/training/trainer.py",
         "inspector/export/pipeline.py",
         "inspector/runtime/folder.py",
+        "inspector/runtime/live_view.html",  # the page of watch --serve (package data)
         "inspector/py.typed",
         "inspector/__main__.py",
     ):
