@@ -18,7 +18,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from inspector.calibration import Calibration, calibrate
+from inspector.calibration import Calibration
 from inspector.config import TrainConfig
 from inspector.errors import InspectorError
 from inspector.tiling import DEFAULT_OVERLAP, Tiling
@@ -103,8 +103,7 @@ def tile_for_export(
         InspectorError: see :func:`tiling_for_run`; the run's data cannot be read or calibrated on.
     """
     from inspector.training.data import build_splits
-    from inspector.training.data.dataset import ImageDataset
-    from inspector.training.evaluate import score_dataset
+    from inspector.training.evaluate import calibrate_on_validation
 
     tiling = tiling_for_run(detector, config, overlap)
     try:
@@ -113,31 +112,18 @@ def tile_for_export(
         raise InspectorError(
             f"--tile recalibrates on the run's validation images, which cannot be read ({error})"
         ) from None
-    samples, split = (splits.val, "val") if splits.val else (splits.train, "train")
-    scored = score_dataset(
-        TiledScoring(detector, tiling).eval(),
-        ImageDataset(samples, config.input_size, config.channels),
-        config.batch_size,
-    )
-    with_masks = bool(np.any(scored.labels[scored.pixel_truth] == 1))
     try:
-        calibration = calibrate(
-            scored.scores,
-            scored.labels,
-            scored.maps,
-            masks=scored.masks if with_masks else None,
-            method=config.calibration.method,
-            false_reject_rate=config.calibration.false_reject_rate,
-            pixel_false_positive_rate=config.calibration.pixel_false_positive_rate,
-            data={"split": split, "scored": "tiled", **splits.description},
+        calibration, split, scored = calibrate_on_validation(
+            TiledScoring(detector, tiling).eval(), config, splits, config.batch_size, scored="tiled"
         )
     except ValueError as error:
+        split = "val" if splits.val else "train"
         raise InspectorError(f"--tile: cannot calibrate on the {split} split scored tiled: {error}") from None
     tiles = len(tiling.origins())
     log(
         f"tiled: {tiling.image_size[0]}x{tiling.image_size[1]} images in {tiles} tiles of "
         f"{tiling.tile[0]}x{tiling.tile[1]} (stride {tiling.stride[0]}x{tiling.stride[1]}); recalibrated on "
-        f"{len(samples)} {split} images scored tiled: image threshold {calibration.image_threshold:.4g}, "
+        f"{len(scored.labels)} {split} images scored tiled: image threshold {calibration.image_threshold:.4g}, "
         f"pixel threshold {calibration.pixel_threshold:.4g}"
     )
     detector.input_size = tiling.tile

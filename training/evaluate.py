@@ -19,11 +19,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from inspector.calibration import Calibration, calibrate
-from inspector.config import DATA_FORMATS, DataConfig
+from inspector.config import DATA_FORMATS, DataConfig, TrainConfig
 from inspector.errors import InspectorError
 from inspector.evaluation import ScoredSplit, image_counts, measure_at_calibration, summary_lines
 from inspector.training.checkpoint import atomic_write_text, load_detector
-from inspector.training.data import build_splits
+from inspector.training.data import Splits, build_splits
 from inspector.training.data.dataset import ImageDataset
 from inspector.training.data.samples import Sample
 from inspector.training.detectors.base import Detector
@@ -80,6 +80,37 @@ def score_samples(
     return scored.scores, scored.maps
 
 
+def calibrate_on_validation(
+    model: torch.nn.Module,
+    config: TrainConfig,
+    splits: Splits,
+    batch_size: int,
+    device: str | torch.device = "cpu",
+    **data: Any,
+) -> tuple[Calibration, str, ScoredSplit]:
+    """Score the validation split (the training split when there is none) with ``model`` and calibrate on it
+    with the config's calibration settings; ``data`` is added to the calibration's record.
+
+    Returns the calibration, the split's name and its scores. Raises ``ValueError`` from :func:`calibrate`.
+    """
+    samples, split = (splits.val, "val") if splits.val else (splits.train, "train")
+    scored = score_dataset(
+        model, ImageDataset(samples, config.input_size, config.channels), batch_size, device
+    )
+    with_masks = bool(np.any(scored.labels[scored.pixel_truth] == 1))
+    calibration = calibrate(
+        scored.scores,
+        scored.labels,
+        scored.maps,
+        masks=scored.masks if with_masks else None,
+        method=config.calibration.method,
+        false_reject_rate=config.calibration.false_reject_rate,
+        pixel_false_positive_rate=config.calibration.pixel_false_positive_rate,
+        data={"split": split, **data, **splits.description},
+    )
+    return calibration, split, scored
+
+
 def evaluate_run(
     run_dir: str | Path,
     data_overrides: dict[str, Any] | None = None,
@@ -119,27 +150,15 @@ def evaluate_run(
     batch_size = config.batch_size
 
     # Calibration: on the validation split (held out of the training normals, never the test set).
-    calibration_samples, calibration_split = splits.val, "val"
-    if not calibration_samples:
-        calibration_samples, calibration_split = splits.train, "train"
+    if not splits.val:
         notes.append("no validation images: calibrated on the training images (thresholds may be too low)")
-    calibration_set = ImageDataset(calibration_samples, config.input_size, config.channels)
-    val = score_dataset(detector, calibration_set, batch_size, torch_device)
-    with_masks = bool(np.any(val.labels[val.pixel_truth] == 1))
     try:
-        calibration = calibrate(
-            val.scores,
-            val.labels,
-            val.maps,
-            masks=val.masks if with_masks else None,
-            method=config.calibration.method,
-            false_reject_rate=config.calibration.false_reject_rate,
-            pixel_false_positive_rate=config.calibration.pixel_false_positive_rate,
-            data={"split": calibration_split, **splits.description},
+        calibration, calibration_split, val = calibrate_on_validation(
+            detector, config, splits, batch_size, torch_device
         )
     except ValueError as error:
         raise InspectorError(
-            f"cannot calibrate {run_dir} on its {calibration_split} split: {error}"
+            f"cannot calibrate {run_dir} on its {'val' if splits.val else 'train'} split: {error}"
         ) from None
     atomic_write_text(run_dir / "calibration.json", json.dumps(calibration.to_dict(), indent=2) + "\n")
     if "warning" in calibration.data:
