@@ -3,6 +3,7 @@ against bfloat16 autocast, on one fixed batch of a real-texture category.
 
 Usage (an idle machine):
     python benchmarks/step_profile.py --data data/realtex --category wood --threads 2
+    python benchmarks/step_profile.py --presets rdna_cpu,rdna_edge,draem_cpu,draem_edge
 """
 
 from __future__ import annotations
@@ -59,9 +60,10 @@ def main() -> None:
     parser.add_argument("--category", default="wood")
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--steps", type=int, default=8, help="timed steps per setting")
+    parser.add_argument("--presets", default="rdna_cpu,draem_cpu", help="comma-separated preset names")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    for preset in ("rdna_cpu", "draem_cpu"):
+    for preset in args.presets.split(","):
         fp32 = seconds_per_step(preset, args, bfloat16=False)
         bf16 = seconds_per_step(preset, args, bfloat16=True)
         print(

@@ -173,9 +173,10 @@ def test_detectors_are_found_by_name_and_reject_unknown_options():
         build_detector("draem", (32, 32), 3, {"adv_rec_weight": 0.1})
 
 
-def test_onnx_export_with_dynamic_batch_matches_torch():
+@pytest.mark.parametrize("separable", [False, True])
+def test_onnx_export_with_dynamic_batch_matches_torch(separable):
     torch.manual_seed(0)
-    detector = build_detector("rdna", (32, 48), 3, TINY_RDNA)
+    detector = build_detector("rdna", (32, 48), 3, {**TINY_RDNA, "separable": separable})
     detector.configure_optimizers(lr=1e-2, total_steps=10)
     detector.training_step(_batch(3, (32, 48)))
     detector.eval()
@@ -206,3 +207,22 @@ def test_batchnorm_momentum_option_reaches_every_batch_norm_and_bad_values_are_r
     assert momenta == {0.5}
     with pytest.raises(ValueError, match="batchnorm_momentum"):  # the trainer reports it as a config error
         build_detector("rdna", (32, 32), 3, {**TINY_RDNA, "batchnorm_momentum": 0.0})
+
+
+def test_separable_option_makes_every_wide_3x3_convolution_depthwise_and_still_learns():
+    options = {"reconstruction_width": 8, "segmentation_width": 8}
+    plain = build_detector("draem", (32, 32), 3, options)
+    separable = build_detector("draem", (32, 32), 3, {**options, "separable": True})
+    for network in ("reconstructor", "segmenter"):
+        convolutions = [m for m in getattr(separable, network).modules() if isinstance(m, torch.nn.Conv2d)]
+        full = [m for m in convolutions if m.kernel_size == (3, 3) and m.groups == 1]
+        depthwise = [m for m in convolutions if m.groups > 1]
+        # Only the convolutions reading fewer than 8 channels (the image, the pair) and the output stay full.
+        assert all(m.in_channels < 8 or m.out_channels < 8 for m in full)
+        assert depthwise and all(m.groups == m.in_channels == m.out_channels for m in depthwise)
+    count = lambda detector: sum(p.numel() for p in detector.parameters())  # noqa: E731
+    assert count(separable) < count(plain) / 4
+    separable.configure_optimizers(lr=1e-2, total_steps=10)
+    before = _parameters(separable)
+    losses = separable.training_step(_batch(3, (32, 32)))
+    assert _changed(before, separable) and all(np.isfinite(value) for value in losses.values())
