@@ -21,6 +21,8 @@ Usage:
     python benchmarks/real_texture_data.py --out data/realtex          # once: builds the dataset
     python benchmarks/real_texture_bench.py --config rdna_cpu --seeds 0,1 --jobs 2 \
         --report benchmarks/results/realtex_rdna_cpu.md
+    python benchmarks/real_texture_bench.py --config rdna_cpu --seeds 0,1 --include a.json --include b.json \
+        --report merged.md                                              # one report of earlier runs
     python benchmarks/real_texture_bench.py --dev --config draem_cpu --set max_steps=300 --set crop_size=128
 """
 
@@ -206,7 +208,13 @@ def markdown(rows: list[dict], args: argparse.Namespace, wall_minutes: float) ->
         f"# Real-texture benchmark: `{args.config}` {' '.join('--set ' + s for s in args.set)}",
         "",
         f"Command: `python benchmarks/real_texture_bench.py {' '.join(args.argv)}`  ",
-        f"{len(rows)} runs in {wall_minutes:.1f} min wall, {args.jobs} at a time with {args.threads} torch "
+        f"{len(rows) - args.included} runs in {wall_minutes:.1f} min wall"
+        + (
+            f" (and {args.included} rows from the --include reports, with their own conditions)"
+            if args.included
+            else ""
+        )
+        + f", {args.jobs} at a time with {args.threads} torch "
         f"thread(s) each; load average at the start {args.load_at_start}; {platform.processor() or platform.machine()}.",
         "",
         "| category | seed | image AUROC | pixel AUROC | AUPRO | false rejects | region recall | region precision | steps | train min |",
@@ -291,6 +299,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="runs/realtex", help="Where the runs go.")
     parser.add_argument("--tag", default="", help="Suffix of the run names (to keep variants apart).")
     parser.add_argument("--reuse", action="store_true", help="Reuse finished runs instead of training again.")
+    parser.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        help="An earlier report's .json of the same config (repeatable): its rows join this report, and "
+        "the category/seed pairs it holds are not trained again.",
+    )
     parser.add_argument("--report", default=None, help="Markdown report (a .json beside it holds every row).")
     args = parser.parse_args(argv)
     args.argv = argv if argv is not None else os.sys.argv[1:]
@@ -312,9 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     else:
         categories = [name for name, info in catalogue.items() if bool(info.get("dev")) == args.dev]
     seeds = [int(seed) for seed in args.seeds.split(",")]
-    tasks = [(category, seed, args) for seed in seeds for category in categories]
+    rows: list[dict] = [row for path in args.include for row in json.loads(Path(path).read_text())]
+    args.included = len(rows)
+    done = {(row["category"], row["seed"]) for row in rows}
+    tasks = [
+        (category, seed, args) for seed in seeds for category in categories if (category, seed) not in done
+    ]
     started = time.monotonic()
-    rows: list[dict] = []
 
     def report() -> None:
         if args.report:
@@ -353,6 +372,7 @@ def main(argv: list[str] | None = None) -> int:
                     flush=True,
                 )
                 report()
+    report()
     print(markdown(rows, args, (time.monotonic() - started) / 60))
     return 0
 

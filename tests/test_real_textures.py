@@ -234,3 +234,34 @@ def test_fetch_reuses_an_unpacked_tree_and_explains_a_missing_apt(texture_root, 
     monkeypatch.setattr(rt.shutil, "which", lambda tool: None)
     with pytest.raises(InspectorError, match="apt-get not found"):
         rt.fetch_texture_packages(tmp_path / "empty-cache")
+
+
+def test_benchmark_report_merges_earlier_rows_without_training_them_again(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    (tmp_path / "data" / "wood" / "train" / "good").mkdir(parents=True)
+    (tmp_path / "data" / "wood" / "generated.json").write_text('{"dev": false}')
+    row = {"category": "wood", "seed": 0, "image_auroc": 0.9, "pixel_auroc": 0.8, "aupro": 0.7}
+    row |= {
+        "false_reject_rate": 0.0,
+        "region_recall": 0.5,
+        "region_precision": 0.6,
+        "steps": 10,
+        "train_minutes": 1,
+    }
+    earlier = tmp_path / "earlier.json"
+    earlier.write_text(json.dumps([row, {**row, "seed": 1, "image_auroc": 0.7}]))
+    script = Path(__file__).parents[1] / "benchmarks" / "real_texture_bench.py"
+    report = tmp_path / "merged.md"
+    done = subprocess.run(
+        [sys.executable, str(script), "--data", str(tmp_path / "data"), "--seeds", "0,1"]
+        + ["--include", str(earlier), "--report", str(report)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    text = report.read_text()
+    assert "0 runs in" in text and "2 rows from the --include reports" in text
+    assert "| wood | 0.800 |" in text  # the median of both seeds' image AUROC
+    assert len(json.loads(report.with_suffix(".json").read_text())) == 2
