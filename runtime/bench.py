@@ -100,14 +100,15 @@ def benchmark(
     given to each call, one call at a time: onnxruntime's defaults) adds a second model-only figure and
     the end-to-end ratio to it.
     ``images`` is searched recursively (e.g. the built-in dataset's ``data/synthetic/fabric/test``); with
-    none, ``count`` sample images at the model's input size are generated.
+    none, ``count`` sample images at the model's image size (a tiled model's camera size) are generated.
     """
     workers = workers or physical_cores()
     with tempfile.TemporaryDirectory(prefix="inspector-bench-") as scratch:
         scratch = Path(scratch)
         folder = Path(images) if images else scratch / "images"
         if not images:
-            write_sample_images(folder, count, scorer.session.input_size)
+            # A tiled model scores camera-size images in tiles: samples at its image size, not one tile's.
+            write_sample_images(folder, count, scorer.session.image_size)
         paths = [path for _, path in list_images(folder, recursive=True)]
         decoded = [read_image(path) for path in paths]
         batches = [scorer.prepare(decoded[i : i + batch_size]) for i in range(0, len(decoded), batch_size)]
@@ -133,6 +134,7 @@ def benchmark(
         "model": str(scorer.session.path),
         "providers": scorer.session.providers,
         "input_size": list(scorer.session.input_size),
+        "image_size": list(scorer.session.image_size),
         "images": len(paths),
         "image_sizes": [list(size) for size in sizes[:5]],
         "generated_images": not images,

@@ -445,3 +445,17 @@ def test_info_describes_the_tiling_of_a_tiled_model_and_nothing_for_a_whole_imag
     whole = CliRunner().invoke(cli, ["info", str(camera_case.whole)])
     assert whole.exit_code == 0, whole.output
     assert "tiling" not in whole.output
+
+
+def test_bench_generates_camera_size_images_for_a_tiled_model(camera_case):
+    from click.testing import CliRunner
+
+    from inspector.cli import cli
+
+    result = CliRunner().invoke(
+        cli, ["bench", "--model", str(camera_case.tiled), "--count", "2", "--repeats", "1", "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    measured = json.loads(result.output)
+    assert measured["image_sizes"] == [[CAMERA, CAMERA]] and measured["image_size"] == [CAMERA, CAMERA]
+    assert measured["input_size"] == [TILE, TILE]
