@@ -121,15 +121,20 @@ def export_run(
     for note in notes:
         log(f"warning: {note}")
     log(f"loaded {config.detector} from {run_dir} ({checkpoint} checkpoint{_step_text(state)})")
-    tiling = None
-    if tile:
-        from inspector.export.tiling import tile_for_export
-
-        tiling, calibration, config = tile_for_export(detector, config, log=log)
-
+    # Parity and int8 calibration images are read as the runtime reads them: at the whole-image size, then
+    # (tiled) cut into the tiles the graph will see at that scale.
     images, source, trained_on, normals = _parity_inputs(config, parity_images, precision == "int8")
     if precision == "int8":
         normals = _calibration_inputs(config, calibration_images, normals)
+    tiling = None
+    if tile:
+        from inspector.export.tiling import tile_for_export, tiles_of
+
+        tiling, calibration, config = tile_for_export(detector, config, log=log)
+        source = f"{len(images)} tiles cut from {source}"
+        images = tiles_of(images, tiling, len(images))
+        if normals is not None:  # tiles are smaller than images: as many as whole images, at least
+            normals = tiles_of(normals, tiling, max(len(normals), CALIBRATION_IMAGES))
     metadata = ModelMetadata.from_calibration(
         config.detector,
         config.input_size,

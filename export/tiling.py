@@ -130,3 +130,13 @@ def tile_for_export(
     tiled_config = copy.deepcopy(config)
     tiled_config.input_size = list(tiling.tile)
     return tiling, calibration, tiled_config
+
+
+def tiles_of(images: np.ndarray, tiling: Tiling, count: int) -> np.ndarray:
+    """``count`` tiles ``[count, C, th, tw]`` spread evenly over all the tiles of ``images`` ``[N, C, H, W]``
+    (at ``tiling.image_size``): the inputs a tiled graph sees, for its parity check and int8 calibration."""
+    every = [tile for image in images for tile in tiling.cut(image)]
+    if not every:
+        return np.zeros((0, images.shape[1], *tiling.tile), dtype=np.float32)
+    picks = sorted({int(index) for index in np.linspace(0, len(every) - 1, min(count, len(every)))})
+    return np.stack([every[index] for index in picks])

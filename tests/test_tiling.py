@@ -459,3 +459,40 @@ def test_bench_generates_camera_size_images_for_a_tiled_model(camera_case):
     measured = json.loads(result.output)
     assert measured["image_sizes"] == [[CAMERA, CAMERA]] and measured["image_size"] == [CAMERA, CAMERA]
     assert measured["input_size"] == [TILE, TILE]
+
+
+def test_a_tiled_int8_export_is_calibrated_and_checked_on_tiles_at_the_image_scale(
+    tiled_run, tmp_path, monkeypatch
+):
+    from click.testing import CliRunner
+
+    import inspector.export.pipeline as pipeline
+    from inspector.cli import cli
+    from inspector.training.checkpoint import load_detector
+    from inspector.training.data import build_splits
+
+    seen = []
+
+    class Seen(Exception):
+        """Stops the export once the calibration images are seen (a 3-step model is no int8 parity case)."""
+
+    def quantize(onnx_bytes, calibration_images):
+        seen.append(calibration_images)
+        raise Seen
+
+    monkeypatch.setattr(pipeline, "quantize_int8", quantize)
+    run_dir, _, _ = tiled_run
+    out = tmp_path / "int8"
+    result = CliRunner().invoke(
+        cli, ["export", str(run_dir), "--tile", "--quantize", "int8", "--no-components", "--out", str(out)]
+    )
+    assert isinstance(result.exception, Seen), result.output
+    assert "fp32 graph on 8 images (8 tiles cut from" in result.output
+    _, config, _ = load_detector(run_dir)
+    normals = pipeline.training_normals(build_splits(config), config.input_size, config.channels)
+    tiling = Tiling.with_overlap(32, (64, 64), score_window=3)
+    every_tile = np.concatenate([tiling.cut(image) for image in normals])
+    (calibration,) = seen
+    assert calibration.shape[1:] == (3, 32, 32) and len(calibration) > len(normals)
+    for tile in calibration:  # each one a tile of a normal image at 64x64, not a whole image shrunk to 32x32
+        assert np.abs(every_tile - tile).reshape(len(every_tile), -1).max(axis=1).min() < 1e-6
