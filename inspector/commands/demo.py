@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from inspector.commands.options import max_steps_option, torch_device_option
+from inspector.commands.options import max_steps_option, time_limit_option, torch_device_option
 
 #: The demo's step budget: about 3 minutes of the CPU preset on 2 idle cores. The demo has no time limit
 #: unless one is given: beside one other CPU-bound job, 400 steps took more than the preset's 10 minutes
@@ -44,13 +44,7 @@ DEMO_STEPS = 400
     show_default=True,
     help="Folder for the run directory (<out>/demo-<detector>).",
 )
-@click.option(
-    "--time-limit",
-    type=click.FloatRange(min=0, min_open=True),
-    default=None,
-    help=f"Stop training cleanly after this many minutes, then evaluate (default: no limit: the demo trains "
-    f"its {DEMO_STEPS} steps, so a machine busy with other work gives the same model, later).",
-)
+@time_limit_option
 @click.option(
     "--minutes",
     "old_minutes",

@@ -135,8 +135,8 @@ time_limit_option = click.option(
     "--time-limit",
     type=click.FloatRange(min=0, min_open=True),
     default=None,
-    help="Stop training cleanly after this many minutes, then evaluate (default: the preset's; "
-    "10 for the CPU presets).",
+    help="Stop training cleanly after this many minutes, then evaluate (default: train: the preset's, 10 for "
+    "the CPU presets; demo: none, its steps bind, so a busy machine gives the same model, later).",
 )
 max_steps_option = click.option(
     "--max-steps", type=click.IntRange(min=1), default=None, help="Stop training after this many steps."
