@@ -197,7 +197,7 @@ class DRAEM(Detector):
         focal_weight: weight of the focal segmentation loss.
         score_window: side of the mean filter applied to the map before taking the image score.
         separable: depthwise-separable 3x3 convolutions in both networks (the edge presets: 5.3x fewer
-            GFLOP, 2.35x the frames per second at 256x256 on 2 CPU cores; README, "Edge speed").
+            GFLOP, 1.5-2.35x the frames per second at 256x256 on 2 CPU cores; README, "Edge speed").
         batchnorm_momentum: how fast the running batch-norm statistics follow training (torch's default
             0.1 suits the paper's lr 1e-4; the CPU presets use 0.5 at lr 1e-3). They matter less since
             training ends by recomputing best.pt's statistics for its own weights (training/batchnorm.py).
