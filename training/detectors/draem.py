@@ -231,12 +231,11 @@ class DRAEM(Detector):
         self.focal_weight = float(focal_weight)
         self.score_window = int(score_window)
         self.batchnorm_momentum = float(batchnorm_momentum)
-        self.separable = bool(separable)
         self.reconstructor = ReconstructiveNet(
-            channels, reconstruction_width, pooling_depth(self.input_size, 4), self.separable
+            channels, reconstruction_width, pooling_depth(self.input_size, 4), bool(separable)
         )
         self.segmenter = SegmentationUNet(
-            2 * channels, segmentation_width, pooling_depth(self.input_size, 5), self.separable
+            2 * channels, segmentation_width, pooling_depth(self.input_size, 5), bool(separable)
         )
         self.initialise(self)
 
