@@ -52,6 +52,9 @@ class DataConfig:
     #: Share of synthetic anomalies drawn as thin curve segments (scratch- and crack-like) instead of
     #: DRAEM's Perlin blobs.
     line_anomaly_probability: float = 0.0
+    #: Share of synthetic anomalies drawn as smooth shade and softness changes (stains, wear) instead of
+    #: pasted texture.
+    shade_anomaly_probability: float = 0.0
     val_fraction: float = 0.1
     train_limit: int | None = None
     test_limit: int | None = None
@@ -234,6 +237,7 @@ def _check_ranges(config: TrainConfig, source: str) -> None:
         "data.test_limit": (lambda v: v is None or v >= 1, "at least 1 (or null: all)"),
         "data.workers": (lambda v: v >= 0, "0 or more"),
         "data.line_anomaly_probability": (lambda v: 0 <= v <= 1, "from 0 to 1"),
+        "data.shade_anomaly_probability": (lambda v: 0 <= v <= 1, "from 0 to 1"),
         "calibration.method": (
             lambda v: v in CALIBRATION_METHODS,
             f"one of {', '.join(CALIBRATION_METHODS)}",

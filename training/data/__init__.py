@@ -55,6 +55,7 @@ def training_datasets(
             seed=config.seed,
             crop_size=config.crop_size,
             line_probability=config.data.line_anomaly_probability,
+            shade_probability=config.data.shade_anomaly_probability,
         )
         val_set = SyntheticAnomalyDataset(val_set, source, seed=config.seed + 1)
     return train_set, val_set

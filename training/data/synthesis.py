@@ -8,7 +8,8 @@ rotated image is also the reconstruction target), half of the samples get a synt
     beta   ~ U(0, beta_max)
     x_aug  = x (1 - M) + (1 - beta) A M + beta x M
 
-and the other half stay clean (zero mask). With ``crop_size`` each item is a random square crop of the
+and the other half stay clean (zero mask). With ``shade_probability`` that share of the anomalies is a
+smooth change of the surface instead of pasted texture (see :func:`shade_change`). With ``crop_size`` each item is a random square crop of the
 image (the anomaly drawn at the crop's size): fully convolutional nets train on crops at the cost of the
 crop and score whole images. Every item draws from its own generator seeded by
 ``(seed, epoch, index)``: data-loader workers never share a random stream, and a run is reproducible.
@@ -94,6 +95,7 @@ class SyntheticAnomalyDataset(Dataset):
         beta_max: float = 0.8,
         crop_size: int | None = None,
         line_probability: float = 0.0,
+        shade_probability: float = 0.0,
     ) -> None:
         self.base = base
         self.source = source
@@ -103,6 +105,7 @@ class SyntheticAnomalyDataset(Dataset):
         self.beta_max = beta_max
         self.crop_size = crop_size
         self.line_probability = line_probability
+        self.shade_probability = shade_probability
         self.epoch = 0
         # Decoded normal images at the input size, kept while they fit (decoding is most of an item's cost).
         self._images: dict[int, np.ndarray] = {}
@@ -146,7 +149,10 @@ class SyntheticAnomalyDataset(Dataset):
         augmented, mask = image, np.zeros((1, *size), np.float32)
         if rng.random() < self.anomaly_probability:
             region = _non_empty_mask(size, rng, self.line_probability)
-            if region is not None:
+            # The extra draw only when shades are on: older configs keep their random stream.
+            if region is not None and self.shade_probability > 0 and rng.random() < self.shade_probability:
+                augmented, mask = shade_change(image, region, rng)
+            elif region is not None:
                 texture = self.augment_texture(self.source.sample(rng, size), rng)
                 # Blending in the model's channels equals blending in RGB then converting: luma is linear.
                 anomaly = to_model_input(texture, size, channels)
@@ -161,6 +167,28 @@ class SyntheticAnomalyDataset(Dataset):
             "label": int(self.base.samples[index].label),
             "index": int(index),
         }
+
+
+def shade_change(
+    image: np.ndarray, region: np.ndarray, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """A smooth, low-contrast change inside ``region``: the surface's shade moved (and, half the time,
+    its texture softened), with a feathered edge.
+
+    Pasted textures are busy and usually strong; stains, wear and creases are none of that. ``image`` is
+    ``[C, H, W]`` in [0, 1], ``region`` a ``[H, W]`` {0, 1} mask; returns the changed image and its
+    ``[1, H, W]`` mask (where the feathered weight reaches one half).
+    """
+    alpha = cv2.GaussianBlur(region, (0, 0), rng.uniform(1.0, 4.0))
+    target = image
+    if rng.random() < 0.5:  # rubbed or worn: the fine texture smoothed away
+        sigma = rng.uniform(1.0, 4.0)
+        target = np.stack([cv2.GaussianBlur(plane, (0, 0), sigma) for plane in image])
+    shift = rng.choice([-1.0, 1.0]) * rng.uniform(0.03, 0.2)
+    tint = 1.0 + rng.uniform(-0.5, 0.5, size=len(image)) if len(image) == 3 else np.ones(len(image))
+    target = np.clip(target + (shift * tint)[:, None, None], 0.0, 1.0)
+    changed = image + alpha[None] * (target - image)
+    return changed.astype(np.float32), (alpha >= 0.5).astype(np.float32)[None]
 
 
 def _random_crop(image: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
