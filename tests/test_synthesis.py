@@ -335,3 +335,29 @@ def test_line_anomalies_are_thin_curve_segments():
     # Thin: eroding by a 5x5 square leaves (almost) nothing of curves at most 4 pixels wide (crossings aside).
     left = sum(int(cv2.erode(mask, np.ones((5, 5), np.uint8)).sum()) for mask in drawn)
     assert left < 0.02 * drawn.sum()
+
+
+def test_shade_anomalies_change_the_surface_smoothly_inside_their_masks():
+    dataset = SyntheticAnomalyDataset(
+        _base(12), _textures(), seed=0, anomaly_probability=1.0, rotate_probability=0.0, shade_probability=1.0
+    )
+    shifts = []
+    for index in range(12):
+        item = dataset[index]
+        if item["has_anomaly"] == 0:  # an empty Perlin draw
+            continue
+        mask = item["mask"][0].numpy().astype(np.uint8)
+        change = (item["augmented"] - item["image"]).abs().mean(dim=0).numpy()
+        # The feathered edge reaches at most 6 pixels past the mask.
+        far = cv2.dilate(mask, np.ones((15, 15), np.uint8)) == 0
+        assert change[far].max() < 1e-6
+        inside = mask == 1
+        assert change[inside].mean() > 0.01
+        shifts.append(float((item["augmented"] - item["image"])[:, inside].mean()))
+    assert len(shifts) >= 8
+    assert min(shifts) < 0 < max(shifts)  # darker and lighter shades both drawn
+
+
+def test_shade_share_is_validated():
+    with pytest.raises(InspectorError, match="shade_anomaly_probability"):
+        load_config("rdna_cpu", overrides={"data.shade_anomaly_probability": 1.5})

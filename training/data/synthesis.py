@@ -179,7 +179,18 @@ def shade_change(
     ``[C, H, W]`` in [0, 1], ``region`` a ``[H, W]`` {0, 1} mask; returns the changed image and its
     ``[1, H, W]`` mask (where the feathered weight reaches one half).
     """
-    alpha = cv2.GaussianBlur(region, (0, 0), rng.uniform(1.0, 4.0))
+    feather = rng.uniform(0.5, 2.5)
+    alpha = cv2.GaussianBlur(region, (0, 0), feather)
+    mask = (alpha >= 0.5).astype(np.float32)
+    if mask.any():
+        # Parts of the region too thin to reach one half after feathering would be changed but unlabelled:
+        # the change stays within two feather widths of the mask.
+        reach = 2 * int(np.ceil(feather))
+        alpha *= cv2.dilate(
+            mask, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * reach + 1, 2 * reach + 1))
+        )
+    else:  # a region of specks only: changed with hard edges
+        alpha, mask = region, region
     target = image
     if rng.random() < 0.5:  # rubbed or worn: the fine texture smoothed away
         sigma = rng.uniform(1.0, 4.0)
@@ -188,7 +199,7 @@ def shade_change(
     tint = 1.0 + rng.uniform(-0.5, 0.5, size=len(image)) if len(image) == 3 else np.ones(len(image))
     target = np.clip(target + (shift * tint)[:, None, None], 0.0, 1.0)
     changed = image + alpha[None] * (target - image)
-    return changed.astype(np.float32), (alpha >= 0.5).astype(np.float32)[None]
+    return changed.astype(np.float32), mask[None]
 
 
 def _random_crop(image: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
