@@ -11,8 +11,9 @@ rotated image is also the reconstruction target), half of the samples get a synt
 and the other half stay clean (zero mask). With ``shade_probability`` that share of the anomalies is a
 smooth change of the surface instead of pasted texture (see :func:`shade_change`). With ``crop_size``
 each item is a random square crop of the image (the anomaly drawn at the crop's size): fully
-convolutional nets train on crops at the cost of the crop and score whole images. Every item draws from its own generator seeded by
-``(seed, epoch, index)``: data-loader workers never share a random stream, and a run is reproducible.
+convolutional nets train on crops at the cost of the crop and score whole images. Every item draws from
+its own generator seeded by ``(seed, epoch, index)``: data-loader workers never share a random stream,
+and a run is reproducible.
 """
 
 from __future__ import annotations
