@@ -1,7 +1,7 @@
 """The inspection report: a CSV and a JSONL file written one line per image, flushed as it goes.
 
-Each record is written as whole lines and flushed at once, so a crash or Ctrl-C loses at most the images
-still in flight. ``resume`` reads the JSONL report back, drops a torn last line, rewrites both files from
+Each record is written as whole lines, unbuffered, so a crash or Ctrl-C loses at most the images still
+in flight; a write that fails (a full disk) is undone in both files, which keeps them in step. ``resume`` reads the JSONL report back, drops a torn last line, rewrites both files from
 the intact records and appends from there.
 """
 
@@ -58,39 +58,41 @@ class Report:
         atomic_write_text(
             self.csv_path, _csv_lines([_csv_row(None)] + [_csv_row(r) for r in self.previous.values()])
         )
-        # Held open for the whole run (closed by close()): one flushed append per image.
-        self._jsonl = open(self.jsonl_path, "a", encoding="utf-8", newline="")  # noqa: SIM115
-        self._csv = open(self.csv_path, "a", encoding="utf-8", newline="")  # noqa: SIM115
+        # Held open for the whole run (closed by close()): one unbuffered append per image.
+        self._jsonl = open(self.jsonl_path, "ab", buffering=0)  # noqa: SIM115
+        self._csv = open(self.csv_path, "ab", buffering=0)  # noqa: SIM115
 
     def write(self, record: dict[str, Any]) -> None:
-        """Append one image's record to both files and flush them.
+        """Append one image's record to both files, or to neither.
 
         Raises:
-            OSError: naming the report file (a full disk, an I/O error).
+            OSError: naming the report file (a full disk, an I/O error); what this record had written to
+                either file is cut off again.
         """
-        for handle, text in ((self._csv, _csv_lines([_csv_row(record)])), (self._jsonl, _jsonl_line(record))):
+        lines = ((self._jsonl, _jsonl_line(record)), (self._csv, _csv_lines([_csv_row(record)])))
+        sizes = [(handle, os.fstat(handle.fileno()).st_size) for handle, _ in lines]
+        for handle, text in lines:
             try:
-                handle.write(text)
-                handle.flush()
+                data = text.encode("utf-8")
+                while data:
+                    data = data[handle.write(data) :]
             except OSError as error:
+                for written, size in sizes:
+                    os.ftruncate(written.fileno(), size)
                 raise OSError(error.errno, error.strerror, handle.name) from error
 
     def close(self) -> OSError | None:
-        """Flush and close both files; returns the first error instead of raising it (the caller may be
+        """Sync and close both files; returns the first error instead of raising it (the caller may be
         reporting an earlier one)."""
         first: OSError | None = None
         for handle in (self._csv, self._jsonl):
             if handle.closed:
                 continue
             try:
-                handle.flush()
                 os.fsync(handle.fileno())
             except OSError as error:
                 first = first or OSError(error.errno, error.strerror, handle.name)
-            try:
-                handle.close()
-            except OSError as error:  # the buffer could not be written: drop it, the file stays as it was
-                first = first or OSError(error.errno, error.strerror, handle.name)
+            handle.close()
         return first
 
 
