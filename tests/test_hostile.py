@@ -569,7 +569,7 @@ def test_ctrl_c_stops_inspect_in_its_own_process_with_exit_130(tmp_path, model):
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and process.poll() is None:
-        if (out / "report.jsonl").exists() and (out / "report.jsonl").stat().st_size:
+        if (out / "report.jsonl").exists():  # the run has begun (300 tiny images take well under a second)
             break
         time.sleep(0.02)
     process.send_signal(signal.SIGINT)  # once
