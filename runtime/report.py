@@ -1,8 +1,9 @@
-"""The inspection report: a CSV and a JSONL file written one line per image, flushed as it goes.
+"""The inspection report: a CSV and a JSONL file written one line per image as it goes.
 
 Each record is written as whole lines, unbuffered, so a crash or Ctrl-C loses at most the images still
-in flight; a write that fails (a full disk) is undone in both files, which keeps them in step. ``resume`` reads the JSONL report back, drops a torn last line, rewrites both files from
-the intact records and appends from there.
+in flight; a write that fails (a full disk) is undone in both files, which keeps them in step.
+``resume`` reads the JSONL report back, drops a torn last line, rewrites both files from the intact
+records and appends from there.
 """
 
 from __future__ import annotations
@@ -70,14 +71,14 @@ class Report:
                 either file is cut off again.
         """
         lines = ((self._jsonl, _jsonl_line(record)), (self._csv, _csv_lines([_csv_row(record)])))
-        sizes = [(handle, os.fstat(handle.fileno()).st_size) for handle, _ in lines]
+        sizes = [os.fstat(handle.fileno()).st_size for handle, _ in lines]
         for handle, text in lines:
             try:
                 data = text.encode("utf-8")
                 while data:
                     data = data[handle.write(data) :]
             except OSError as error:
-                for written, size in sizes:
+                for (written, _), size in zip(lines, sizes, strict=True):
                     os.ftruncate(written.fileno(), size)
                 raise OSError(error.errno, error.strerror, handle.name) from error
 

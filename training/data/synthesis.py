@@ -126,6 +126,18 @@ class SyntheticAnomalyDataset(Dataset):
             texture = self.augmenters[int(choice)](texture, rng)
         return texture
 
+    def paste_texture(
+        self, image: np.ndarray, region: np.ndarray, rng: np.random.Generator
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """DRAEM's anomaly: an augmented source texture beta-blended into ``image`` inside ``region``."""
+        size = image.shape[1:]
+        texture = self.augment_texture(self.source.sample(rng, size), rng)
+        # Blending in the model's channels equals blending in RGB then converting: luma is linear.
+        anomaly = to_model_input(texture, size, self.base.channels)
+        beta = rng.uniform(0.0, self.beta_max)
+        mask = region[None, :, :]
+        return image * (1.0 - mask) + (1.0 - beta) * anomaly * mask + beta * image * mask, mask
+
     def _normal_image(self, index: int) -> np.ndarray:
         image = self._images.get(index)
         if image is None:
@@ -154,12 +166,7 @@ class SyntheticAnomalyDataset(Dataset):
             if region is not None and self.shade_probability > 0 and rng.random() < self.shade_probability:
                 augmented, mask = shade_change(image, region, rng)
             elif region is not None:
-                texture = self.augment_texture(self.source.sample(rng, size), rng)
-                # Blending in the model's channels equals blending in RGB then converting: luma is linear.
-                anomaly = to_model_input(texture, size, channels)
-                beta = rng.uniform(0.0, self.beta_max)
-                mask = region[None, :, :]
-                augmented = image * (1.0 - mask) + (1.0 - beta) * anomaly * mask + beta * image * mask
+                augmented, mask = self.paste_texture(image, region, rng)
         return {
             "image": torch.from_numpy(image),
             "augmented": torch.from_numpy(np.ascontiguousarray(augmented, dtype=np.float32)),
