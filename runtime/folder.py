@@ -1,9 +1,10 @@
-"""Inspect a folder of images: batches run side by side on a thread pool, each from file to report record.
+"""Inspect a folder of images: batches flow through three stages, each on its own threads, to the report.
 
-Each worker takes one batch through decoding, preprocessing, the model, regions and overlays; on the CPU
-each model call gets its share of the cores (by default one worker and one inference thread per core),
-which keeps every core busy without the per-operator synchronisation that splitting one call costs.
-The main thread writes the records in file order, one flushed line per image.
+A batch is decoded and preprocessed, run through the model, then given its regions and overlays; the
+stages overlap, so the model is rarely idle while files are read or overlays drawn. On the CPU each model
+call gets its share of the cores (by default one model thread and one inference thread per core), which
+keeps every core busy without the per-operator synchronisation that splitting one call costs. The main
+thread writes the records in file order, one line per image.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import json
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -213,9 +214,21 @@ def _pipeline(
     on_record: Callable[[dict[str, Any]], None] | None,
 ) -> None:
     chunks = [todo[i : i + batch_size] for i in range(0, len(todo), batch_size)]
-    in_flight = 2 * workers  # a finished batch waits for the one before it; keep every worker busy meanwhile
+    # Each batch passes three stages, each on its own threads: decoding and preprocessing, the model, then
+    # regions and overlays. While a model call runs, the next batch is decoded and the last one drawn, so
+    # the model's threads rarely wait (at batch 1 with every core in one call, the stages around the model
+    # were a fifth of the time when they ran in turn).
+    in_flight = 3 * workers
+    readers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inspect-read")
+    models = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inspect-model")
+    drawers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inspect-draw")
     pending: deque[Future[tuple[list[dict[str, Any]], float]]] = deque()
     next_chunk = 0
+
+    def submit(chunk: Sequence[tuple[str, Path]]) -> Future[tuple[list[dict[str, Any]], float]]:
+        loaded = readers.submit(_load, chunk, run)
+        scored = models.submit(_score, loaded, run)
+        return drawers.submit(_draw, scored, run)
 
     def write_batch(done: Future[tuple[list[dict[str, Any]], float]]) -> None:
         batch_records, model_seconds = done.result()
@@ -227,45 +240,81 @@ def _pipeline(
             if on_record:
                 on_record(record)
 
-    pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inspect")
+    def shut_down() -> None:
+        # Upstream first: a stage waiting on a cancelled batch gets CancelledError and ends, never hangs.
+        for pool in (readers, models, drawers):
+            pool.shutdown(wait=True, cancel_futures=True)
+
     try:
         while next_chunk < len(chunks) or pending:
             while len(pending) < in_flight and next_chunk < len(chunks):
-                pending.append(pool.submit(_process, chunks[next_chunk], run))
+                pending.append(submit(chunks[next_chunk]))
                 next_chunk += 1
             write_batch(pending.popleft())
     except (KeyboardInterrupt, OSError):
-        pool.shutdown(wait=True, cancel_futures=True)
+        shut_down()
         # Keep the batches that were finished before the interruption or the failed write, in order.
         while pending and not pending[0].cancelled() and pending[0].exception() is None:
             write_batch(pending.popleft())
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        shut_down()
 
 
-def _process(chunk: Sequence[tuple[str, Path]], run: _Run) -> tuple[list[dict[str, Any]], float]:
-    """One batch from files to report records on one worker thread: decode, preprocess, run the model,
-    find regions, draw overlays. Returns the records in file order and the model's seconds."""
+@dataclass
+class _Loaded:
+    """A batch decoded and prepared for the model (``model_input`` None when no image could be read)."""
+
+    items: list[_Item]
+    model_input: Any = None
+
+
+@dataclass
+class _Scored:
+    """A batch with the model's raw scores and maps for its readable images, in order."""
+
+    items: list[_Item]
+    outputs: list[tuple[float, np.ndarray]]
+    model_seconds: float = 0.0
+
+
+def _load(chunk: Sequence[tuple[str, Path]], run: _Run) -> _Loaded:
+    """Decode a batch's files and prepare the readable ones for the model."""
     items = [_read(key, path, run.max_pixels) for key, path in chunk]
     readable = [item for item in items if item.image is not None]
-    model_seconds = 0.0
-    outputs: Iterator[tuple[float, np.ndarray]] = iter(())
-    if readable:
-        started = time.perf_counter()
-        model_input = run.scorer.prepare([item.image for item in readable])
-        prepared = time.perf_counter()
-        raw_scores, raw_maps = run.scorer.infer(model_input)
-        model_seconds = time.perf_counter() - prepared
-        share = (time.perf_counter() - started) / len(readable)
-        for item in readable:
-            item.seconds += share
-        outputs = zip(raw_scores, raw_maps)
+    if not readable:
+        return _Loaded(items)
+    started = time.perf_counter()
+    model_input = run.scorer.prepare([item.image for item in readable])
+    share = (time.perf_counter() - started) / len(readable)
+    for item in readable:
+        item.seconds += share
+    return _Loaded(items, model_input)
+
+
+def _score(loaded: Future[_Loaded], run: _Run) -> _Scored:
+    """Run the model on a loaded batch."""
+    batch = loaded.result()
+    if batch.model_input is None:
+        return _Scored(batch.items, [])
+    started = time.perf_counter()
+    raw_scores, raw_maps = run.scorer.infer(batch.model_input)
+    model_seconds = time.perf_counter() - started
+    readable = [item for item in batch.items if item.image is not None]
+    for item in readable:
+        item.seconds += model_seconds / len(readable)
+    return _Scored(batch.items, list(zip(raw_scores, raw_maps)), model_seconds)
+
+
+def _draw(scored: Future[_Scored], run: _Run) -> tuple[list[dict[str, Any]], float]:
+    """Regions and overlays of a scored batch: its records in file order and the model's seconds."""
+    batch = scored.result()
+    outputs = iter(batch.outputs)
     records = [
         _unreadable_record(item) if item.image is None else _finish(item, *next(outputs), run)
-        for item in items
+        for item in batch.items
     ]
-    return records, model_seconds
+    return records, batch.model_seconds
 
 
 def _read(key: str, path: Path, max_pixels: int | None) -> _Item:

@@ -6,6 +6,7 @@ import csv
 import json
 import subprocess
 import sys
+import threading
 
 import cv2
 import numpy as np
@@ -331,3 +332,39 @@ def test_decoder_warnings_stay_off_the_terminal_when_the_report_has_the_reason(t
     records, _ = rows_by_path(tmp_path / "out")
     assert "not a decodable image" in records["truncated.png"]["error"]
     assert "WARN" not in result.stderr, result.stderr
+
+
+def test_the_next_batch_is_decoded_while_the_model_runs_and_records_keep_file_order(tmp_path, model):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(6):
+        write_png(photos / f"part_{index}.png", part(64, 96))
+
+    class WatchedScorer(Scorer):
+        """The first model call waits until the second batch has been prepared (or 10 s pass)."""
+
+        def __init__(self, session):
+            super().__init__(session)
+            self.prepared = 0
+            self.second_batch_ready = threading.Event()
+            self.overlapped = None
+
+        def prepare(self, images):
+            batch = super().prepare(images)
+            self.prepared += 1
+            if self.prepared == 2:
+                self.second_batch_ready.set()
+            return batch
+
+        def infer(self, batch):
+            if self.overlapped is None:
+                self.overlapped = self.second_batch_ready.wait(timeout=10)
+            return super().infer(batch)
+
+    scorer = WatchedScorer(load_model(model))
+    summary = inspect_folder(photos, scorer, tmp_path / "out", batch_size=1, workers=1, save="none")
+
+    assert scorer.overlapped, "with one model call at a time, the next image was decoded only after it"
+    assert summary["scored"] == 6
+    records, _ = rows_by_path(tmp_path / "out")
+    assert list(records) == [f"part_{index}.png" for index in range(6)]
