@@ -226,3 +226,24 @@ def test_separable_option_makes_every_wide_3x3_convolution_depthwise_and_still_l
     before = _parameters(separable)
     losses = separable.training_step(_batch(3, (32, 32)))
     assert _changed(before, separable) and all(np.isfinite(value) for value in losses.values())
+
+
+@pytest.mark.parametrize("signed_head", [False, True])
+def test_signed_head_lifts_the_anomaly_probability_ceiling_of_an_all_negative_head(signed_head):
+    # Short CPU trainings end with anomaly-minus-normal head weights that are all negative: after a ReLU the
+    # anomaly probability can then never pass the softmax of the head's biases (0.5 here).
+    detector = DRAEM((32, 32), 3, **TINY, signed_head=signed_head)
+    head = detector.segmenter.output
+    with torch.no_grad():
+        head.weight[0] = 0.1
+        head.weight[1] = -0.1
+        head.bias.zero_()
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():  # batch statistics: features of unit variance, whatever the initial weights
+        _, anomaly_map = detector.train()(images)
+    if signed_head:
+        assert anomaly_map.max() > 0.6
+    else:
+        assert anomaly_map.max() <= 0.5 + 1e-6
+    state = detector.state_dict()  # the head's option changes no checkpoint key
+    assert set(state) == set(DRAEM((32, 32), 3, **TINY, signed_head=not signed_head).state_dict())

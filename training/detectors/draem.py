@@ -115,9 +115,22 @@ class SegmentationUNet(nn.Module):
 
     Encoder stages of ``width x (1, 2, 4, 8, 8, 8)`` channels, ``depth`` (at most 5) poolings, skip
     concatenation at every level; ``separable`` as in ``ReconstructiveNet``.
+
+    ``signed_head``: the output convolution reads the last block's features before its ReLU. After a ReLU
+    the features are never negative, and a head whose anomaly-minus-normal weights are all negative (what
+    short CPU trainings learn: "anomalous" = features switched off) caps the anomaly probability at the
+    softmax of its biases, about 0.51-0.55 on the real-texture runs; images then tie at that ceiling.
+    Signed features leave no ceiling.
     """
 
-    def __init__(self, in_channels: int, width: int = 64, depth: int = 5, separable: bool = False) -> None:
+    def __init__(
+        self,
+        in_channels: int,
+        width: int = 64,
+        depth: int = 5,
+        separable: bool = False,
+        signed_head: bool = False,
+    ) -> None:
         super().__init__()
         encoder_widths = _stage_widths(width, depth, (1, 2, 4, 8, 8, 8))
         self.encoder = nn.ModuleList()
@@ -134,6 +147,9 @@ class SegmentationUNet(nn.Module):
                 _double_conv(out_channels + encoder_widths[level], out_channels, separable=separable)
             )
             channels = out_channels
+        if signed_head:
+            last_block = self.decoder[-1] if len(self.decoder) else self.encoder[-1]
+            del last_block[-1]  # its ReLU (parameter-free: the checkpoint keys stay the same)
         self.output = nn.Conv2d(channels, 2, 3, padding=1)
 
     def forward(self, pair: torch.Tensor) -> torch.Tensor:
@@ -201,6 +217,8 @@ class DRAEM(Detector):
         batchnorm_momentum: how fast the running batch-norm statistics follow training (torch's default
             0.1 suits the paper's lr 1e-4; the CPU presets use 0.5 at lr 1e-3). They matter less since
             training ends by recomputing best.pt's statistics for its own weights (training/batchnorm.py).
+        signed_head: the segmentation head reads signed features, so the anomaly probability has no
+            ceiling (see ``SegmentationUNet``; the paper's network has the ReLU).
     """
 
     name = "draem"
@@ -219,6 +237,7 @@ class DRAEM(Detector):
         score_window: int = 21,
         batchnorm_momentum: float = 0.1,
         separable: bool = False,
+        signed_head: bool = False,
     ) -> None:
         super().__init__(input_size, channels)
         if not 0.0 < batchnorm_momentum <= 1.0:
@@ -235,7 +254,11 @@ class DRAEM(Detector):
             channels, reconstruction_width, pooling_depth(self.input_size, 4), bool(separable)
         )
         self.segmenter = SegmentationUNet(
-            2 * channels, segmentation_width, pooling_depth(self.input_size, 5), bool(separable)
+            2 * channels,
+            segmentation_width,
+            pooling_depth(self.input_size, 5),
+            bool(separable),
+            bool(signed_head),
         )
         self.initialise(self)
 

@@ -44,7 +44,7 @@ class RDNA(DRAEM):
     """DRAEM with adversarial terms on the reconstruction and on the mask.
 
     Options: DRAEM's (``reconstruction_width``, ``segmentation_width``, ``ssim_weight``, ``focal_weight``,
-    ``score_window``, ``batchnorm_momentum``, ``separable``), and:
+    ``score_window``, ``batchnorm_momentum``, ``separable``, ``signed_head``), and:
         discriminator_width: base width of both discriminators (64-128-256-512 at 64).
         adv_rec_weight: weight of the generator-side adversarial term on the reconstruction (0 = no D_rec).
         adv_seg_weight: weight of the generator-side adversarial term on the anomaly map (0 = no D_seg).
