@@ -90,6 +90,7 @@ def run_one(category: str, seed: int, args: argparse.Namespace) -> dict:
         "category": category,
         "seed": seed,
         **{name: metrics.get(name) for name in METRICS[:4]},
+        "detection_rate": metrics.get("detection_rate"),
         "steps": metrics.get("training", {}).get("steps"),
         "train_minutes": metrics.get("training", {}).get("minutes"),
     }
@@ -125,7 +126,8 @@ def breakdown(run_dir: Path, category: str, args: argparse.Namespace) -> dict:
     # threshold, the minimum area, and only on images judged anomalous.
     kinds, strata, good = [], [], []
     found: dict[str, list[bool]] = {}
-    right, predicted, good_with_regions = 0, 0, 0
+    found_by_pixels: list[bool] = []  # the pixel threshold alone, whatever the image verdict
+    right, predicted, good_with_regions, good_with_pixel_regions = 0, 0, 0, 0
     for sample, anomaly_map, truth, anomalous in zip(samples, maps, scored.masks, flagged):
         relative = Path(sample.image).resolve().relative_to(category_dir.resolve()).as_posix()
         info = defects.get(relative)
@@ -135,12 +137,16 @@ def breakdown(run_dir: Path, category: str, args: argparse.Namespace) -> dict:
         grid = RegionGrid.build(
             calibration.normalize_anomaly_maps(anomaly_map), anomaly_map.shape[-2:], CALIBRATED, min_area
         )
-        regions = grid.regions() if anomalous else []
-        region_mask = grid.mask if regions else np.zeros_like(grid.mask)
+        pixel_regions = grid.regions()
+        pixel_mask = grid.mask if pixel_regions else np.zeros_like(grid.mask)
+        regions = pixel_regions if anomalous else []
+        region_mask = pixel_mask if anomalous else np.zeros_like(grid.mask)
         good_with_regions += bool(info is None and regions)
+        good_with_pixel_regions += bool(info is None and pixel_regions)
         count, labels = cv2.connectedComponents(truth.astype(np.uint8), connectivity=8)
         for index in range(1, count):
             hit = bool(region_mask[labels == index].any())
+            found_by_pixels.append(bool(pixel_mask[labels == index].any()))
             for key in ("all", f"size:{info['size']}", f"contrast:{info['contrast']}"):
                 found.setdefault(key, []).append(hit)
         if regions:
@@ -155,6 +161,10 @@ def breakdown(run_dir: Path, category: str, args: argparse.Namespace) -> dict:
         "region_recall": float(np.mean(found["all"])) if found.get("all") else None,
         "region_precision": right / predicted if predicted else None,
         "regions_on_good_images": good_with_regions,
+        # What the image verdict costs the regions: recall and good images with regions when every image
+        # got its regions from the pixel threshold alone.
+        "region_recall_pixels_alone": float(np.mean(found_by_pixels)) if found_by_pixels else None,
+        "good_images_with_regions_pixels_alone": good_with_pixel_regions,
         **{f"region recall {key}": float(np.mean(hits)) for key, hits in found.items() if key != "all"},
     }
     groups: dict[str, np.ndarray] = {}
@@ -214,6 +224,7 @@ def markdown(rows: list[dict], args: argparse.Namespace, wall_minutes: float) ->
             if args.included
             else ""
         )
+        + (" (--reuse: finished runs were scored again, not trained again)" if args.reuse else "")
         + f", {args.jobs} at a time with {args.threads} torch "
         f"thread(s) each; load average at the start {args.load_at_start}; {platform.processor() or platform.machine()}.",
         "",
@@ -230,12 +241,16 @@ def markdown(rows: list[dict], args: argparse.Namespace, wall_minutes: float) ->
         ]
         lines.append("| " + " | ".join(_format(cell) for cell in cells) + " |")
     lines += ["", "Medians over seeds, per category:", ""]
-    lines.append("| category | image AUROC | pixel AUROC | AUPRO | false rejects | region recall |")
-    lines.append("|---|---|---|---|---|---|")
+    lines.append(
+        "| category | image AUROC | pixel AUROC | AUPRO | false rejects | region recall | defective images "
+        "flagged | region recall, pixel threshold alone | good images with regions, pixel threshold alone |"
+    )
+    lines.append("|---|---|---|---|---|---|---|---|---|")
     categories = sorted({row["category"] for row in rows})
+    diagnostics = ("detection_rate", "region_recall_pixels_alone", "good_images_with_regions_pixels_alone")
     for category in categories + ["all"]:
         selected = [row for row in rows if category in ("all", row["category"])]
-        cells = [_median([row.get(name) for row in selected]) for name in METRICS[:5]]
+        cells = [_median([row.get(name) for row in selected]) for name in (*METRICS[:5], *diagnostics)]
         lines.append(
             f"| {'**median of all runs**' if category == 'all' else category} | "
             + " | ".join(_format(c) for c in cells)
