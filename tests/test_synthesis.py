@@ -287,7 +287,9 @@ def test_data_loader_workers_give_the_same_items_as_one_process():
     dataset = SyntheticAnomalyDataset(_base(8, same_image=True), _textures(), seed=0, anomaly_probability=1.0)
     dataset.set_epoch(2)
     single = [dataset[i] for i in range(8)]
-    batches = list(DataLoader(dataset, batch_size=2, num_workers=2))
+    # Spawned, not forked: a fork of the test process (with the threads earlier tests left, onnxruntime's
+    # among them) once hung both workers on a lock no thread of theirs held.
+    batches = list(DataLoader(dataset, batch_size=2, num_workers=2, multiprocessing_context="spawn"))
     masks = torch.cat([batch["mask"] for batch in batches])
     assert torch.equal(masks, torch.stack([item["mask"] for item in single]))
     assert len({mask.numpy().tobytes() for mask in masks}) == 8  # workers do not repeat each other's masks
