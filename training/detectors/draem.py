@@ -119,7 +119,7 @@ class SegmentationUNet(nn.Module):
     ``signed_head``: the output convolution reads the last block's features before its ReLU. After a ReLU
     the features are never negative, and a head whose anomaly-minus-normal weights are all negative (what
     short CPU trainings learn: "anomalous" = features switched off) caps the anomaly probability at the
-    softmax of its biases, about 0.51-0.55 on the real-texture runs; images then tie at that ceiling.
+    softmax of its biases, 0.48-0.55 on the real-texture runs; images then tie at that ceiling.
     Signed features leave no ceiling.
     """
 
