@@ -266,6 +266,7 @@ class _Loaded:
     """A batch decoded and prepared for the model (``model_input`` None when no image could be read)."""
 
     items: list[_Item]
+    readable: list[_Item]
     model_input: Any = None
 
 
@@ -283,13 +284,13 @@ def _load(chunk: Sequence[tuple[str, Path]], run: _Run) -> _Loaded:
     items = [_read(key, path, run.max_pixels) for key, path in chunk]
     readable = [item for item in items if item.image is not None]
     if not readable:
-        return _Loaded(items)
+        return _Loaded(items, readable)
     started = time.perf_counter()
     model_input = run.scorer.prepare([item.image for item in readable])
     share = (time.perf_counter() - started) / len(readable)
     for item in readable:
         item.seconds += share
-    return _Loaded(items, model_input)
+    return _Loaded(items, readable, model_input)
 
 
 def _score(loaded: Future[_Loaded], run: _Run) -> _Scored:
@@ -300,9 +301,8 @@ def _score(loaded: Future[_Loaded], run: _Run) -> _Scored:
     started = time.perf_counter()
     raw_scores, raw_maps = run.scorer.infer(batch.model_input)
     model_seconds = time.perf_counter() - started
-    readable = [item for item in batch.items if item.image is not None]
-    for item in readable:
-        item.seconds += model_seconds / len(readable)
+    for item in batch.readable:
+        item.seconds += model_seconds / len(batch.readable)
     return _Scored(batch.items, list(zip(raw_scores, raw_maps)), model_seconds)
 
 
